@@ -1,0 +1,11 @@
+"""Solvers sharing one signature: ``solve(y, operator, noise, generator=None, callback=None)``.
+
+Room: ``ddiff`` — pure torch.
+"""
+from .base import Result, Solver
+from .daps import DAPS
+from .ddiff import DDiff, DDiffHQS, DiffPnPADMM, DiffPnPHQS
+from .diffpir import DiffPIR
+from .dps import DPS
+
+__all__ = ["Result", "Solver", "DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "DPS", "DiffPIR", "DAPS"]

@@ -1,0 +1,373 @@
+"""The ``ddiff`` command line: ``demo``, ``ingest``, ``reconstruct``, ``audit``, ``train``, ``bench``.
+
+Room: ``flows`` — argparse + rich on top of the flows. Each command builds the flow's pydantic
+parameters and calls the flow (Prefect runs it against ``PREFECT_API_URL`` when set, otherwise it
+starts a temporary local server for the duration of the command — no network needed).
+
+Errors: bad input (``ValueError`` and its subclasses — storage errors, validation errors —,
+missing files, a locked output) print ONE line ``ddiff: error: ...`` and exit with code 2; any
+other failure prints one line and exits with 1 (``--debug`` shows the traceback).
+Progress: a rich progress bar follows the output's ledger (works for local and Dask runs alike).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _kv(items: list[str] | None, what: str) -> dict:
+    """``["k=v", ...]`` -> dict, values parsed as JSON when possible (numbers, lists, true/false)."""
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ValueError(f"{what} {it!r} must look like key=value")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Keep Prefect's console handlers for warnings+ (or everything with --verbose); the API log
+    handler is untouched, so the runs' logs are still in the Prefect UI. Flow-failure tracebacks
+    are not printed on the console (the CLI prints one line)."""
+    import logging
+
+    import prefect  # noqa: F401  (configures logging)
+
+    level = logging.INFO if verbose else logging.CRITICAL + 1
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server", "prefect.client"):
+        for h in logging.getLogger(name).handlers:
+            if type(h).__name__ in ("PrefectConsoleHandler", "StreamHandler"):
+                h.setLevel(level)
+
+
+class _LedgerProgress:
+    """A rich progress bar fed by polling an output store's ledger from a background thread."""
+
+    def __init__(self, output: str, label: str, enabled: bool = True):
+        self.output, self.label, self.enabled = output, label, enabled
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _run(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        import storage
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      transient=False) as bar:
+            task = bar.add_task(self.label, total=None)
+            while not self._stop.is_set():
+                try:
+                    out = storage.open_output(self.output)
+                    total = out.n_frames * out.plan.n_tiles
+                    bar.update(task, total=total, completed=out.ledger.count("solved"))
+                except Exception:  # noqa: BLE001 - the store does not exist yet
+                    pass
+                self._stop.wait(0.5)
+            try:
+                out = storage.open_output(self.output)
+                bar.update(task, completed=out.ledger.count("solved"))
+            except Exception:  # noqa: BLE001
+                pass
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _spinner(label: str, enabled: bool):
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(label)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter builders (shared by commands and the demo)
+# ---------------------------------------------------------------------------------------------
+def _reconstruct_params(a) -> "flows.ReconstructParams":  # noqa: F821
+    from .params import ReconstructParams
+
+    execution = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_workers": a.workers,
+                 "torch_threads": a.threads, "dask_address": a.dask_address, "dask_workers": a.dask_workers,
+                 "gpu_limit": a.gpu_limit}
+    solver = {"name": a.solver, "steps": a.steps, "hyperparameters": _kv(a.hp, "--hp")}
+    return ReconstructParams(
+        input_store=a.input, output_store=a.output,
+        operator={"name": a.operator, "params": _kv(a.op_param, "--op-param")},
+        noise={"kind": a.noise, "sigma": a.sigma, "gain": a.gain}, prior=a.prior, solver=solver,
+        tile=a.tile, overlap=a.overlap, seed=a.seed, execution=execution, overwrite=a.overwrite)
+
+
+def _add_reconstruct_options(sp, demo: bool = False) -> None:
+    g = sp.add_argument_group("model")
+    if not demo:
+        g.add_argument("--operator", default="gaussian_blur", help="forward model name (default: gaussian_blur)")
+        g.add_argument("--op-param", action="append", metavar="K=V", help="operator keyword, repeatable (e.g. std=3.0)")
+        g.add_argument("--noise", default="gaussian", choices=["gaussian", "poisson", "poisson_gaussian"])
+        g.add_argument("--sigma", type=float, default=0.05, help="noise sigma in model space [-1,1] (default 0.05)")
+        g.add_argument("--gain", type=float, default=1.0, help="counts per model unit (Poisson models)")
+    g.add_argument("--prior", default="default", help="'default' or a .safetensors/.pt checkpoint")
+    g.add_argument("--solver", default="ddiff", choices=["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps",
+                                                          "diffpir", "daps"])
+    g.add_argument("--steps", type=int, default=None if not demo else 50,
+                   help="diffusion steps (default: the paper's 1000" + (", demo: 50)" if demo else ")"))
+    g.add_argument("--hp", action="append", metavar="K=V", help="solver hyperparameter override, repeatable")
+    g.add_argument("--seed", type=int, default=0)
+    t = sp.add_argument_group("tiling and execution")
+    t.add_argument("--tile", type=int, default=256 if not demo else 64, help="tile core size (pixels)")
+    t.add_argument("--overlap", type=int, default=16 if not demo else 8, help="blend overlap per side (pixels)")
+    t.add_argument("--batch-size", type=int, default=4, help="tiles per network call")
+    t.add_argument("--workers", type=int, default=1, help="concurrent batch tasks (thread pool size)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads per task")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    t.add_argument("--dask-address", default=None, help="run tasks on this Dask scheduler (tcp://host:port)")
+    t.add_argument("--dask-workers", type=int, default=0, help="start a local Dask cluster with N workers")
+    t.add_argument("--gpu-limit", default="gpu", help="Prefect global concurrency limit guarding CUDA (default: gpu)")
+    if not demo:
+        t.add_argument("--overwrite", action="store_true", help="replace an output written with another config")
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+def cmd_ingest(a) -> int:
+    from . import ingest_stack
+    from .params import IngestParams
+
+    intensity = a.intensity
+    if "," in intensity:
+        intensity = [float(v) for v in intensity.split(",")]
+    p = IngestParams(source=a.source, store=a.store, axes=a.axes, chunk=a.chunk, intensity=intensity,
+                     nonfinite=a.nonfinite, overwrite=a.overwrite)
+    with _spinner(f"ingesting {a.source}", not a.no_progress):
+        info = ingest_stack(p)
+    _console().print(f"[green]ingested[/green] {info['store']}  shape (t,c,y,x) {info['shape']}  {info['dtype']}")
+    return 0
+
+
+def cmd_reconstruct(a) -> int:
+    from . import reconstruct_stack
+
+    p = _reconstruct_params(a)
+    with _LedgerProgress(p.output_store, "tiles solved", not a.no_progress):
+        r = reconstruct_stack(p)
+    _console().print(f"[green]done[/green] {r['output']}: {r['solved']} tiles solved, {r['skipped']} resumed, "
+                     f"{r['wall_seconds']:.1f}s (solver {r['solver_seconds']:.1f}s)")
+    return 0
+
+
+def cmd_audit(a) -> int:
+    from . import audit_reconstruction
+    from .params import AuditParams
+
+    with _spinner(f"auditing {a.output}", not a.no_progress):
+        r = audit_reconstruction(AuditParams(output_store=a.output, report_dir=a.report_dir, alpha=a.alpha,
+                                             window=a.window))
+    _console().print(f"[green]audit[/green] report {r['report']}; frames flagged {r['frames_flagged']}; "
+                     f"tiles flagged {len(r['tiles_flagged'])}")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from . import train_prior
+    from .params import TrainParams
+
+    p = TrainParams(data_store=a.data, out_dir=a.out_dir, preset=a.preset, crop=a.crop, steps=a.steps,
+                    batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device, max_minutes=a.max_minutes,
+                    export=a.export)
+    with _spinner(f"training {a.preset} ({a.steps} steps, log: {a.out_dir}/loss.jsonl)", not a.no_progress):
+        r = train_prior(p)
+    _console().print(f"[green]trained[/green] step {r.get('step')} loss {r.get('last_loss')} -> {r.get('checkpoint')}"
+                     + (f"; exported {r['exported']}" if r.get("exported") else ""))
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from . import benchmark
+    from .params import BenchmarkParams
+
+    solvers = []
+    for s in a.solver or ["ddiff"]:
+        name, _, steps = s.partition(":")
+        solvers.append({"name": name, "steps": int(steps) if steps else a.steps})
+    p = BenchmarkParams(operator={"name": a.operator, "params": _kv(a.op_param, "--op-param")},
+                        noise={"kind": "gaussian", "sigma": a.sigma}, prior=a.prior, solvers=solvers, crop=a.crop,
+                        n_images=a.n_images, seed=a.seed, csv=a.csv, device=a.device)
+    with _spinner("benchmarking", not a.no_progress):
+        r = benchmark(p)
+    from rich.table import Table
+
+    tab = Table(title=f"{a.operator}, {a.n_images} held-out crops of {a.crop}px")
+    for col in ("solver", "psnr", "ssim", "chi2_nu"):
+        tab.add_column(col)
+    for s, m in r["mean"].items():
+        tab.add_row(s, f"{m['psnr']:.2f}", f"{m['ssim']:.3f}", f"{m['chi2_nu']:.3f}")
+    _console().print(tab)
+    _console().print(f"CSV: {r['csv']} ({r['rows']} rows)")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    return run_demo(a)
+
+
+# ---------------------------------------------------------------------------------------------
+# parser and entry point
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ddiff", description="DDiff image restoration pipeline: ingest -> "
+                                 "reconstruct -> audit, as Prefect flows (locally, on a GPU worker, or on Dask).")
+    ap.add_argument("--verbose", action="store_true", help="show Prefect's run logs on the console")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    sp = sub.add_parser("demo", help="degrade a small held-out stack, reconstruct it with the default prior, audit it",
+                        description="Generates a small degraded stack from the held-out regions of scikit-image's "
+                                    "bundled images, ingests it, reconstructs it with the default prior, audits it and "
+                                    "prints where everything is plus a table (PSNR vs truth, chi2, flagged tiles). "
+                                    "CPU, offline, a few minutes.")
+    sp.add_argument("--dir", default="ddiff-demo", help="working folder (default: ./ddiff-demo)")
+    sp.add_argument("--frames", type=int, default=8)
+    sp.add_argument("--size", type=int, default=128, help="frame side in pixels (held-out parts are >= 128 wide)")
+    sp.add_argument("--sigma", type=float, default=0.05, help="noise sigma in model space")
+    _add_reconstruct_options(sp, demo=True)
+    sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("ingest", help="stream a TIFF/.npy/folder/HDF5 stack into an OME-Zarr input store",
+                        description="Stream SOURCE into the OME-Zarr store STORE (flow ingest_stack).")
+    sp.add_argument("source")
+    sp.add_argument("store")
+    sp.add_argument("--axes", default=None, help="axes of .npy/HDF5 sources, letters of tcyx (e.g. tyx)")
+    sp.add_argument("--chunk", type=int, default=256)
+    sp.add_argument("--intensity", default="percentile", help="percentile | minmax | dtype | LOW,HIGH")
+    sp.add_argument("--nonfinite", default="refuse", choices=["refuse", "mask"])
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(fn=cmd_ingest)
+
+    sp = sub.add_parser("reconstruct", help="reconstruct an ingested stack (tiled, batched, resumable)",
+                        description="Reconstruct INPUT (an ingested store) into OUTPUT (flow reconstruct_stack). "
+                                    "Rerun the same command to resume an interrupted run.")
+    sp.add_argument("input")
+    sp.add_argument("output")
+    _add_reconstruct_options(sp)
+    sp.set_defaults(fn=cmd_reconstruct)
+
+    sp = sub.add_parser("audit", help="hallucination audit of a finished reconstruction",
+                        description="Audit OUTPUT (flow audit_reconstruction): per-frame/per-tile chi2 tests, "
+                                    "flagged regions, a markdown+PNG report.")
+    sp.add_argument("output")
+    sp.add_argument("--report-dir", default=None)
+    sp.add_argument("--alpha", type=float, default=0.05)
+    sp.add_argument("--window", type=int, default=16)
+    sp.set_defaults(fn=cmd_audit)
+
+    sp = sub.add_parser("train", help="train a compact prior on an ingested store of clean images",
+                        description="Train (or resume) a diffusion prior on crops of DATA (flow train_prior).")
+    sp.add_argument("data")
+    sp.add_argument("out_dir")
+    sp.add_argument("--preset", default="compact")
+    sp.add_argument("--crop", type=int, default=64)
+    sp.add_argument("--steps", type=int, default=1000)
+    sp.add_argument("--batch-size", type=int, default=16)
+    sp.add_argument("--lr", type=float, default=2e-4)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--max-minutes", type=float, default=None)
+    sp.add_argument("--export", default=None, help="write the EMA weights to this .safetensors at the end")
+    sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("bench", help="run solvers on held-out crops, write a tidy CSV",
+                        description="Minimal benchmark (flow benchmark): solvers on held-out crops of one task.")
+    sp.add_argument("--operator", default="gaussian_blur")
+    sp.add_argument("--op-param", action="append", metavar="K=V")
+    sp.add_argument("--sigma", type=float, default=0.05)
+    sp.add_argument("--prior", default="default")
+    sp.add_argument("--solver", action="append", metavar="NAME[:STEPS]", help="repeatable (default: ddiff)")
+    sp.add_argument("--steps", type=int, default=50, help="steps for solvers given without :STEPS")
+    sp.add_argument("--n-images", type=int, default=4)
+    sp.add_argument("--crop", type=int, default=64)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--csv", default="benchmark.csv")
+    sp.add_argument("--device", default="cpu")
+    sp.set_defaults(fn=cmd_bench)
+    return ap
+
+
+def _one_line(exc: BaseException) -> str:
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # pragma: no cover
+        ValidationError = ()  # type: ignore[assignment]
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(v) for v in e.get("loc", ()))
+            parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+        return "invalid parameters: " + "; ".join(parts)
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines()) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry attempts
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if not getattr(a, "fn", None):
+        ap.print_help()
+        return 2
+    try:
+        _quiet_prefect(a.verbose)
+        return int(a.fn(a) or 0)
+    except KeyboardInterrupt:
+        print("ddiff: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError) as exc:
+        if a.debug:
+            raise
+        print(f"ddiff: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - one line, traceback with --debug
+        if a.debug:
+            raise
+        print(f"ddiff: error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Parameter models of the flows (pydantic v2): validated on entry, rendered as forms in the UI.
+
+Room: ``flows`` — pydantic only here (no torch import at module level, so the CLI's ``--help``
+stays fast).
+
+Units: noise parameters are in **model space** (``[-1, 1]``, after the input store's intensity
+map): with ``storage.ingest(..., intensity=(0, 1))`` a physical σ of 0.025 is a model σ of 0.05.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["OperatorSpec", "NoiseSpec", "SolverSpec", "ExecutionSpec", "IngestParams", "ReconstructParams",
+           "AuditParams", "TrainParams", "BenchmarkParams", "SOLVER_NAMES", "PAPER_TASKS"]
+
+#: solver name -> class name in ``ddiff``
+SOLVER_NAMES = {"ddiff": "DDiff", "ddiff_hqs": "DDiffHQS", "diffpnp_admm": "DiffPnPADMM",
+                "diffpnp_hqs": "DiffPnPHQS", "dps": "DPS", "diffpir": "DiffPIR", "daps": "DAPS"}
+#: the paper's eight tasks (operator names) with DDiff.paper(...) hyperparameters
+PAPER_TASKS = ("super_resolution", "inpainting_box", "inpainting_random", "gaussian_blur", "motion_blur",
+               "phase_retrieval", "nonlinear_blur", "hdr")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OperatorSpec(_Model):
+    """Forward model ``A``: a registered name (``operators.available()``) and its keywords."""
+
+    name: str = Field("gaussian_blur", description="registered operator name, e.g. gaussian_blur")
+    params: dict[str, Any] = Field(default_factory=dict, description="operator keywords, e.g. {'std': 3.0}")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        import operators
+
+        if v not in operators.available():
+            raise ValueError(f"unknown operator {v!r}; available: {', '.join(operators.available())}")
+        return v
+
+
+class NoiseSpec(_Model):
+    """Measurement noise model, parameters in model space units (see module docstring)."""
+
+    kind: Literal["gaussian", "poisson", "poisson_gaussian"] = "gaussian"
+    sigma: float = Field(0.05, ge=0, description="Gaussian σ (model space)")
+    gain: float = Field(1.0, gt=0, description="counts per model unit (Poisson models)")
+
+    def build(self):
+        import operators
+
+        if self.kind == "gaussian":
+            if self.sigma <= 0:
+                raise ValueError("noise.sigma must be > 0 for Gaussian noise")
+            return operators.GaussianNoise(self.sigma)
+        if self.kind == "poisson":
+            return operators.PoissonNoise(self.gain)
+        return operators.PoissonGaussianNoise(self.gain, self.sigma)
+
+
+class SolverSpec(_Model):
+    """Solver and hyperparameters. For DDiff-family solvers the defaults are ``DDiff.paper(task)``
+    (``task`` defaults to the operator name when it is one of the paper's eight); ``steps`` and
+    ``hyperparameters`` override them (the paper uses 1000 steps; a CPU run wants ~20-100)."""
+
+    name: Literal["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps", "diffpir", "daps"] = "ddiff"
+    steps: Optional[int] = Field(None, ge=1, le=1000, description="diffusion steps (None: paper value)")
+    task: Optional[str] = Field(None, description="paper task whose hyperparameters to start from")
+    dataset: Literal["ffhq", "imagenet"] = "ffhq"
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="constructor keywords overriding the defaults")
+
+    def resolve(self, operator_name: str) -> dict:
+        """Constructor keywords: paper defaults (when they exist) + ``hyperparameters`` + ``steps``."""
+        import ddiff
+
+        cls = getattr(ddiff, SOLVER_NAMES[self.name])
+        task = self.task or (operator_name if operator_name in PAPER_TASKS else None)
+        kw: dict = {}
+        if task is not None and hasattr(cls, "paper"):
+            kw.update(cls.paper(task, self.dataset))
+        kw.update(self.hyperparameters)
+        if self.steps is not None:
+            kw["steps"] = int(self.steps)
+        return kw
+
+
+class ExecutionSpec(_Model):
+    """Where and how tasks run (none of this changes the result, except ``batch_size``/``dtype``,
+    which are part of the output's configuration hash)."""
+
+    device: str = Field("cpu", description="'cpu', 'cuda' or 'cuda:N'")
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    batch_size: int = Field(4, ge=1, le=1024, description="tiles per network call")
+    max_workers: int = Field(1, ge=1, le=64, description="concurrent batch tasks (bounded thread pool)")
+    torch_threads: Optional[int] = Field(None, ge=1, le=256, description="torch intra-op threads per task")
+    dask_address: Optional[str] = Field(None, description="tcp://host:port of a Dask scheduler")
+    dask_workers: int = Field(0, ge=0, le=256, description="start a LocalCluster with this many workers (0: no Dask)")
+    gpu_limit: Optional[str] = Field("gpu", description="Prefect global concurrency limit guarding the device (cuda only)")
+    retries: int = Field(1, ge=0, le=10)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()) or v == "mps"):
+            raise ValueError(f"device={v!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_cluster(self):
+        if self.dask_address and self.dask_workers:
+            raise ValueError("give either dask_address (an existing cluster) or dask_workers (a local one), not both")
+        return self
+
+
+class IngestParams(_Model):
+    source: str = Field(..., description="TIFF/OME-TIFF, .npy, folder of frames, or file.h5:/dataset")
+    store: str = Field(..., description="OME-Zarr input store to create")
+    axes: Optional[str] = Field(None, description="axes of .npy/HDF5 sources, letters of 'tcyx'")
+    chunk: int = Field(256, ge=8)
+    intensity: Any = Field("percentile", description="'percentile', 'minmax', 'dtype' or [low, high]")
+    nonfinite: Literal["refuse", "mask"] = "refuse"
+    overwrite: bool = False
+
+
+class ReconstructParams(_Model):
+    input_store: str = Field(..., description="ingested OME-Zarr input store (storage.ingest)")
+    output_store: str = Field(..., description="output store to create or resume")
+    operator: OperatorSpec = Field(default_factory=OperatorSpec)
+    noise: NoiseSpec = Field(default_factory=NoiseSpec)
+    prior: str = Field("default", description="'default' or a .safetensors/.pt checkpoint path")
+    solver: SolverSpec = Field(default_factory=SolverSpec)
+    tile: int = Field(256, ge=8, description="tile core size (pixels of the input grid)")
+    overlap: int = Field(16, ge=0, description="blend overlap on each side (pixels)")
+    seed: int = Field(0, ge=0, description="base seed; each tile uses its own generator from (seed, frame, tile)")
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    overwrite: bool = Field(False, description="replace an output written with a different configuration")
+    artifacts: bool = Field(True, description="publish progress/summary artifacts")
+    fail_after_tiles: Optional[int] = Field(None, ge=0, description="TESTING: stop with an error after this many tiles are written")
+
+    @field_validator("input_store")
+    @classmethod
+    def _exists(cls, v: str) -> str:
+        if not (Path(v) / "zarr.json").is_file():
+            raise ValueError(f"input store {v!r} does not exist or is not a Zarr store; run `ddiff ingest` first")
+        return v
+
+
+class AuditParams(_Model):
+    output_store: str = Field(..., description="a finished reconstruction (reconstruct_stack output)")
+    report_dir: Optional[str] = Field(None, description="where the report goes (default: <output>.audit)")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    window: int = Field(16, ge=1)
+    control: Literal["sidak", "bonferroni", "bh"] = "sidak"
+    max_figures: int = Field(4, ge=0)
+    artifacts: bool = True
+
+
+class TrainParams(_Model):
+    data_store: str = Field(..., description="ingested store of CLEAN images (storage.ingest)")
+    out_dir: str = Field(..., description="checkpoint folder (rerun resumes)")
+    preset: str = Field("compact", description="ADMUNet preset")
+    crop: int = Field(64, ge=8)
+    steps: int = Field(1000, ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    seed: int = 0
+    device: Optional[str] = None
+    max_minutes: Optional[float] = Field(None, gt=0)
+    export: Optional[str] = Field(None, description="write the EMA weights here as .safetensors when done")
+
+
+class BenchmarkParams(_Model):
+    operator: OperatorSpec = Field(default_factory=OperatorSpec)
+    noise: NoiseSpec = Field(default_factory=NoiseSpec)
+    prior: str = "default"
+    solvers: list[SolverSpec] = Field(default_factory=lambda: [SolverSpec()])
+    crop: int = Field(64, ge=8)
+    n_images: int = Field(4, ge=1)
+    seed: int = 0
+    csv: str = Field("benchmark.csv", description="tidy CSV: one row per (solver, image, metric)")
+    device: str = "cpu"

@@ -1,0 +1,271 @@
+"""``reconstruct_stack``: input store -> tiled, batched, resumable reconstruction + diagnostics.
+
+Room: ``flows`` — prefect, prefect-dask, ``storage``, ``ddiff``, ``operators``.
+
+What happens (one flow run)::
+
+    setup      operator + tile plan + resolved solver config; storage.create_output (refuses a
+               different config unless overwrite); storage.RunLock (refuses a concurrent run)
+    solve      sub-flow "solve-tiles" on the chosen task runner (bounded thread pool, or Dask via
+               prefect-dask): one task per batch of B tiles (one network call per step for the
+               batch), retried on failure; tasks get descriptors, never arrays; batches whose
+               tiles are all in the ledger are skipped (resume)
+    assemble   one task per frame: blend staged tiles into recon/0
+    finalize   COMPLETE marker, summary markdown artifact, a small result dict
+
+Nothing array-valued goes to the Prefect database: results are not persisted and every task
+returns a small dict. The device section of a task is guarded by the Prefect global concurrency
+limit ``execution.gpu_limit`` (``strict=True``) when the device is CUDA.
+"""
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+import storage
+
+from . import tiles as T
+from .params import ReconstructParams
+
+__all__ = ["reconstruct_stack", "run_config", "artifact_key"]
+
+
+def artifact_key(prefix: str, path: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) derived from a store path."""
+    name = re.sub(r"[^a-z0-9]+", "-", Path(path).name.lower()).strip("-") or "store"
+    return f"{prefix}-{name}"[:100]
+
+
+def _not_injected(task, task_run, state) -> bool:
+    """Retry real failures, never the deliberate ``fail_after_tiles`` interruption."""
+    try:
+        state.result()
+    except T.InjectedFailure:
+        return False
+    except Exception:  # noqa: BLE001
+        return True
+    return True
+
+
+@task(name="solve-tile-batch", persist_result=False, cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1,
+      retry_condition_fn=_not_injected)
+def solve_tiles(desc: dict) -> dict:
+    """One batch of tiles (descriptor in, small dict out); see :func:`flows.tiles.solve_batch`."""
+    return T.solve_batch(desc)
+
+
+@task(name="assemble-frame", persist_result=False, cache_policy=NO_CACHE, retries=1)
+def assemble_frame(output: str, frame: int, run_id: str) -> int:
+    return storage.assemble_frame(output, frame, run_id=run_id)
+
+
+def run_config(p: ReconstructParams) -> tuple[dict, "T.Geometry", int, str]:
+    """``(config, geometry, channels, prior_sha256)``: the run configuration recorded in (and hashed
+    by) the output manifest — operator, noise, prior identity, solver and resolved hyperparameters,
+    seed, batch size and dtype — and the tile geometry."""
+    stack = storage.open_stack(p.input_store)
+    _, C, H, W = stack.shape
+    prior_path, prior_sha = T.prior_identity(p.prior)
+    probe = T.build_operator(p.operator.name, p.operator.params, None)
+    f = 1
+    if hasattr(probe, "output_shape"):  # super-resolution: the stack holds the low-resolution grid
+        f = max(1, round(512 / probe.output_shape(512, 512)[0]))
+    op = T.build_operator(p.operator.name, p.operator.params, (H * f, W * f))
+    overlap = p.overlap if getattr(op, "halo", None) is not None else 0
+    if 2 * overlap > min(p.tile, H, W) and op.halo is not None:
+        raise ValueError(f"overlap={p.overlap} is too large for tile={p.tile}: need 2*overlap <= tile")
+    geo = T.operator_geometry(op, (H, W), C, p.tile, overlap)
+    config = {
+        "operator": {"name": p.operator.name, "params": p.operator.params},
+        "noise": p.noise.model_dump(),
+        "prior": p.prior if p.prior == "default" else Path(p.prior).name,
+        "prior_path": prior_path,
+        "solver": p.solver.name,
+        "hyperparameters": p.solver.resolve(p.operator.name),
+        "seed": int(p.seed),
+        "batch_size": int(p.execution.batch_size),
+        "dtype": p.execution.dtype,
+    }
+    return config, geo, C, prior_sha
+
+
+def _descriptors(p: ReconstructParams, out: storage.OutputStore, config: dict, run_id: str, down: int) -> list[dict]:
+    batches = T.group_batches(out.plan, out.n_frames, p.execution.batch_size, int(out.manifest["scale"]), down)
+    led = out.ledger
+    descs = []
+    for items in batches:
+        done = [it for it in items if led.is_done(it[0], it[1], "solved")]
+        if len(done) == len(items):
+            continue
+        descs.append({"input": str(Path(p.input_store).resolve()), "output": str(out.path.resolve()),
+                      "run_id": run_id, "items": items, "done": done, "config": config,
+                      "device": p.execution.device, "dtype": p.execution.dtype,
+                      "torch_threads": p.execution.torch_threads, "gpu_limit": p.execution.gpu_limit})
+    return descs
+
+
+@flow(name="solve-tiles", persist_result=False, validate_parameters=False)
+def solve_stage(descs: list[dict], total: int, already: int, artifact_id: str | None = None,
+                fail_after_tiles: int | None = None) -> dict:
+    """Submit one task per batch on this flow's task runner; track progress as batches finish."""
+    logger = get_run_logger()
+    if fail_after_tiles is not None:  # testing hook: submit only up to the batch holding the k-th new tile
+        k, left, cut = int(fail_after_tiles), int(fail_after_tiles), []
+        if k == 0:
+            raise T.InjectedFailure("fail_after_tiles=0: interrupted before any tile")
+        for d in descs:
+            n_new = len(d["items"]) - len(d["done"])
+            if n_new >= left:
+                cut.append({**d, "fail_after": left})
+                break
+            cut.append(d)
+            left -= n_new
+        descs = cut
+    futures = [solve_tiles.submit(d) for d in descs]
+    done_tiles, solver_s, nfe, errors, pids = already, 0.0, 0, [], set()
+    for fut in as_completed(futures):
+        try:
+            r = fut.result()
+        except Exception as exc:  # noqa: BLE001 - finish the others (their work is kept), then raise
+            errors.append(exc)
+            continue
+        done_tiles += r["written"]
+        solver_s += r["seconds"]
+        nfe += r["nfe"] * r["tiles"]
+        pids.add(r["pid"])
+        if artifact_id is not None:
+            update_progress_artifact(artifact_id, progress=100.0 * done_tiles / max(total, 1))
+        logger.info("tiles %d/%d solved (batch of %d, %.2fs)", done_tiles, total, r["tiles"], r["seconds"])
+    if errors:
+        raise errors[0]
+    return {"solved": done_tiles - already, "solver_seconds": solver_s, "nfe": nfe, "pids": sorted(pids)}
+
+
+def _task_runner(p: ReconstructParams):
+    ex = p.execution
+    if ex.dask_address or ex.dask_workers:
+        from prefect_dask import DaskTaskRunner
+
+        if ex.dask_address:
+            return DaskTaskRunner(address=ex.dask_address)
+        # workers get a scratch directory outside the repository (see flows/__init__.py for the
+        # import-path guard that makes `import storage` right whatever the directory is)
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+            "n_workers": ex.dask_workers, "threads_per_worker": 1, "processes": True,
+            "dashboard_address": None, "local_directory": tempfile.mkdtemp(prefix="ddiff-dask-")})
+    return ThreadPoolTaskRunner(max_workers=ex.max_workers)
+
+
+def frame_table(out: storage.OutputStore) -> list[dict]:
+    """Per-frame diagnostics from the output's diagnostics dataset (small: one row per frame)."""
+    ds = out.open_diagnostics()
+    chi = np.asarray(ds["chi2_nu"].values, dtype=np.float64)
+    sec = np.asarray(ds["seconds"].values, dtype=np.float64)
+    rows = []
+    for t in range(chi.shape[0]):
+        rows.append({"frame": t, "chi2_mean": float(np.nanmean(chi[t])), "chi2_max": float(np.nanmax(chi[t])),
+                     "seconds": float(np.nansum(sec[t]))})
+    return rows
+
+
+def chi2_flags(out: storage.OutputStore, alpha: float = 0.01) -> list[tuple[int, int, float, float]]:
+    """Tiles whose χ²_ν is implausible under Gaussian noise: exact χ²_m upper-tail ``p < alpha``
+    (m = values in the tile's blend window). Returns ``(frame, tile, chi2_nu, p)``."""
+    import torch
+
+    from ddiff.audit import scaled_chi2_sf
+
+    ds = out.open_diagnostics()
+    chi = np.asarray(ds["chi2_nu"].values, dtype=np.float64)
+    C = out.channels
+    m = np.array([C * t.blend_shape[0] * t.blend_shape[1] for t in out.plan], dtype=np.float64)
+    S = torch.from_numpy(chi * m[None])
+    mm = torch.from_numpy(np.broadcast_to(m, chi.shape).copy())
+    p = scaled_chi2_sf(S, mm, 2 * mm, 8 * mm).numpy()
+    return [(int(t), int(k), float(chi[t, k]), float(p[t, k])) for t, k in zip(*np.nonzero(p < alpha))]
+
+
+def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dict, rows: list[dict],
+                     flags: list) -> str:
+    lines = ["# ddiff reconstruction", "",
+             f"- input: `{p.input_store}`", f"- output: `{out.path}` (recon: `recon/0`, diagnostics: `diagnostics/`)",
+             f"- operator: `{p.operator.name}` {p.operator.params or ''}; noise: `{p.noise.kind}` σ={p.noise.sigma:g}",
+             f"- prior: `{p.prior}`; solver: `{p.solver.name}` {out.manifest['config']['hyperparameters']}",
+             f"- tiles: {out.plan.n_tiles}/frame × {out.n_frames} frames (tile {list(out.plan.tile)}, overlap "
+             f"{out.plan.overlap}, halo {out.plan.halo}); batch {p.execution.batch_size}; device `{p.execution.device}`",
+             f"- this run: {result['solved']} tiles solved, {result['skipped']} already done (resume); "
+             f"wall {result['wall_seconds']:.1f}s, solver {result['solver_seconds']:.1f}s", "",
+             "| frame | mean χ²_ν | max χ²_ν | solver s |", "|---|---|---|---|"]
+    for r in rows[:200]:
+        lines.append(f"| {r['frame']} | {r['chi2_mean']:.3f} | {r['chi2_max']:.3f} | {r['seconds']:.2f} |")
+    lines += ["", f"**Tiles with implausible χ²_ν (p < 0.01): {len(flags)}**", ""]
+    for t, k, c, pv in flags[:50]:
+        lines.append(f"- frame {t} tile {k}: χ²_ν = {c:.3f} (p = {pv:.2g})")
+    lines += ["", "Run `ddiff audit` (flow `audit_reconstruction`) for the regional hallucination audit."]
+    return "\n".join(lines)
+
+
+@flow(name="reconstruct-stack", persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def reconstruct_stack(params: ReconstructParams) -> dict:
+    """Reconstruct every frame of ``params.input_store`` into ``params.output_store``.
+
+    Resumable: rerun with the same parameters to finish an interrupted run (done tiles are skipped,
+    results are bit-identical to an uninterrupted run). A different configuration is refused
+    unless ``overwrite``; a concurrent run on the same output is refused (run lock).
+    Returns ``{"output", "n_frames", "n_tiles", "solved", "skipped", "wall_seconds",
+    "solver_seconds", "nfe", "complete"}``.
+    """
+    from prefect.runtime import flow_run
+
+    p = params if isinstance(params, ReconstructParams) else ReconstructParams.model_validate(params)
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    config, geo, C, prior_sha = run_config(p)
+    out = storage.create_output(p.output_store, p.input_store, geo.plan, config, prior_sha256=prior_sha,
+                                scale=geo.scale, overwrite=p.overwrite)
+    run_id = str(flow_run.id or "") or None
+    lock = storage.RunLock(out.path, run_id=run_id).acquire()
+    try:
+        prior = T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype)
+        down = int(getattr(prior, "downsampling", 1) or 1)
+        total = out.n_frames * out.plan.n_tiles
+        already = out.ledger.count("solved")
+        descs = _descriptors(p, out, config, lock.run_id, down)
+        logger.info("%s: %d frames × %d tiles, %d already solved, %d batch task(s) to run", out.path, out.n_frames,
+                    out.plan.n_tiles, already, len(descs))
+        art = None
+        if p.artifacts:
+            art = create_progress_artifact(progress=100.0 * already / max(total, 1),
+                                           key=artifact_key("reconstruct-progress", p.output_store),
+                                           description=f"tiles solved in {out.path.name}")
+        stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": []}
+        if descs or p.fail_after_tiles is not None:
+            stage = solve_stage.with_options(task_runner=_task_runner(p))(
+                descs, total, already, None if art is None else str(art), p.fail_after_tiles)
+        futs = [assemble_frame.submit(str(out.path), t, lock.run_id) for t in range(out.n_frames)]
+        for f in futs:
+            f.result()
+        storage.finalize(out, run_id=lock.run_id)
+    finally:
+        lock.release()
+    result = {"output": str(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
+              "skipped": already, "wall_seconds": time.perf_counter() - t0,
+              "solver_seconds": stage["solver_seconds"], "nfe": stage["nfe"], "complete": True,
+              "worker_pids": stage["pids"]}
+    if p.artifacts:
+        rows, flags = frame_table(out), chi2_flags(out)
+        create_markdown_artifact(summary_markdown(p, out, result, rows, flags),
+                                 key=artifact_key("reconstruct-summary", p.output_store),
+                                 description="reconstruction summary")
+    logger.info("done: %s", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()})
+    return result

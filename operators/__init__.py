@@ -1,0 +1,54 @@
+"""Forward models ``A`` and noise models, and a registry of them.
+
+Room: ``operators`` — torch and numpy only. See ``operators.base`` for the protocol.
+Importing the package registers the built-in operators (``available()`` lists them).
+"""
+from .base import ForwardModel, available, check_image, get_operator, register
+from .noise import GaussianNoise, NoiseModel, PoissonGaussianNoise, PoissonNoise
+from .blur import GaussianBlur, KernelBlur, MotionBlur, gaussian_kernel
+from .inpainting import InpaintingBox, InpaintingRandom, MaskOperator
+from .motion_kernel import motion_kernel
+from .pointwise import HDR
+from .fourier import MRICartesian, PhaseRetrieval, fft2c, ifft2c
+from .resize import SuperResolution
+from .ct import CTParallelBeam
+from .psf import AstroPSF, MicroscopyWidefield, airy_psf, gaussian_psf, moffat_psf
+from .bkse import KernelWizard, MissingWeightsError, NonlinearBlur
+from .adapters import DeepInvPhysics, from_deepinv
+
+__all__ = [
+    "ForwardModel",
+    "available",
+    "check_image",
+    "get_operator",
+    "register",
+    "GaussianNoise",
+    "NoiseModel",
+    "PoissonNoise",
+    "PoissonGaussianNoise",
+    "GaussianBlur",
+    "KernelBlur",
+    "MotionBlur",
+    "gaussian_kernel",
+    "motion_kernel",
+    "InpaintingBox",
+    "InpaintingRandom",
+    "MaskOperator",
+    "HDR",
+    "MRICartesian",
+    "PhaseRetrieval",
+    "fft2c",
+    "ifft2c",
+    "SuperResolution",
+    "CTParallelBeam",
+    "MicroscopyWidefield",
+    "AstroPSF",
+    "airy_psf",
+    "gaussian_psf",
+    "moffat_psf",
+    "KernelWizard",
+    "MissingWeightsError",
+    "NonlinearBlur",
+    "DeepInvPhysics",
+    "from_deepinv",
+]

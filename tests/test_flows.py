@@ -1,0 +1,158 @@
+"""reconstruct_stack end to end under Prefect's test harness: outputs, exact per-tile wiring,
+resume after an injected interruption, refusal of concurrent runs and of changed configs,
+the same result on a real Dask LocalCluster, and the audit flow."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BLUR, SIGMA
+
+import flows
+import storage
+from flows import tiles as T
+
+STEPS = 20
+
+
+def params(env, out, **kw):
+    base = dict(input_store=str(env["input"]), output_store=str(out), prior=str(env["prior"]), operator=BLUR,
+                noise={"kind": "gaussian", "sigma": SIGMA}, solver={"name": "ddiff", "steps": STEPS}, tile=24,
+                overlap=4, seed=3, execution={"batch_size": 3, "torch_threads": 1}, artifacts=True)
+    base.update(kw)
+    return flows.ReconstructParams(**base)
+
+
+def recon(path) -> np.ndarray:
+    return np.asarray(storage.open_output(path).group()["recon/0"][:])
+
+
+def staging(path) -> np.ndarray:
+    return np.asarray(storage.open_output(path).group()["staging/contrib"][:])
+
+
+@pytest.fixture(scope="module")
+def straight(flows_env):
+    """One uninterrupted local run (the reference for the other tests)."""
+    out = flows_env["dir"] / "straight.zarr"
+    res = flows.reconstruct_stack(params(flows_env, out))
+    return out, res
+
+
+def test_end_to_end_outputs_and_diagnostics(flows_env, straight):
+    out_path, res = straight
+    out = storage.open_output(out_path)
+    assert res["complete"] and out.complete and res["solved"] == 8 and res["skipped"] == 0
+    assert res["n_tiles"] == 2 * out.plan.n_tiles == 8
+    x = recon(out_path)
+    assert x.shape == (2, 1, 48, 40) and np.isfinite(x).all()
+    ds = out.open_diagnostics()
+    chi = ds["chi2_nu"].values
+    assert np.isfinite(chi).all() and (ds["nfe"].values == STEPS).all()
+    assert np.isfinite(ds["residual"].values).all()
+    # diagnostics agree with the assembled reconstruction: the stored residual equals y - A(recon) wherever
+    # neither blending (overlap) nor a boundary (halo) is within reach. (The tiny prior is random and flat,
+    # so image quality is not judged here; the demo does that with the default prior.)
+    import operators
+
+    A = operators.get_operator(BLUR["name"], **BLUR["params"])
+    y = flows_env["y_model"]
+    r_frame = (y - A(torch.from_numpy(2 * x - 1))).numpy()
+    r_diag = ds["residual"].values
+    m = out.plan.overlap + A.halo
+    checked = 0
+    for tile in out.plan:
+        y0, y1, x0, x1 = tile.core
+        sy, sx = slice(max(y0, 0) + m, min(y1, 48) - m), slice(max(x0, 0) + m, min(x1, 40) - m)
+        np.testing.assert_allclose(r_diag[:, :, sy, sx], r_frame[:, :, sy, sx], atol=1e-5)
+        checked += r_diag[:, :, sy, sx].size
+    assert checked > 0
+    assert np.all(chi > 0)
+    # assembly is exact: inside a core, away from the blend ramps, recon (model space) = that tile's own solution
+    st = staging(out_path)
+    for tile in out.plan:
+        (y0, y1, x0, x1), (by0, _, bx0, _) = tile.core, tile.blend
+        o = out.plan.overlap
+        sy, sx = slice(y0 + o, y1 - o), slice(x0 + o, x1 - o)
+        own = st[:, tile.index, :, sy.start - by0:sy.stop - by0, sx.start - bx0:sx.stop - bx0]
+        np.testing.assert_allclose(2 * x[:, :, sy, sx] - 1, own, atol=2e-6)
+    # recon stores physical units: model = 2p - 1 (intensity range (0, 1) at ingest)
+    assert out.intensity.to_dict()["low"] == 0.0
+
+
+def test_tile_is_exactly_the_solver_on_that_tile(flows_env, straight):
+    """Flow wiring is exact: tile (1, 3) equals DDiff run by hand on storage.read_tile with the tile's seed."""
+    import ddiff
+    import operators
+    from ddiff.priors import load_prior
+
+    out_path, _ = straight
+    out = storage.open_output(out_path)
+    frame, k = 1, 3
+    inp = storage.read_tile(flows_env["input"], frame, k, out.plan)
+    y = torch.from_numpy(inp.data)[None]
+    assert y.shape[-1] % 2 == 0 and y.shape[-2] % 2 == 0  # no divisibility padding needed for this tile
+    prior = load_prior(str(flows_env["prior"]))
+    solver = ddiff.DDiff(prior, **ddiff.DDiff.paper("gaussian_blur") | {"steps": STEPS})
+    A = operators.get_operator(BLUR["name"], **BLUR["params"])
+    g = torch.Generator().manual_seed(T.tile_seed(3, frame, k))
+    x = solver.solve(y, A, operators.GaussianNoise(SIGMA), generator=[g]).x[0].numpy()
+    iy, ix = inp.tile.inner
+    bh, bw = inp.tile.blend_shape
+    np.testing.assert_array_equal(staging(out_path)[frame, k, :, :bh, :bw], x[:, iy, ix])
+
+
+def test_interrupted_run_resumes_to_identical_output(flows_env, straight):
+    out = flows_env["dir"] / "resume.zarr"
+    with pytest.raises(T.InjectedFailure):
+        flows.reconstruct_stack(params(flows_env, out, fail_after_tiles=4))
+    o = storage.open_output(out)
+    assert o.ledger.count("solved") == 4 and not o.complete
+    assert storage.RunLock.holder(out) is None  # the failed run released its lock
+    res = flows.reconstruct_stack(params(flows_env, out))
+    assert res["skipped"] == 4 and res["solved"] == 4 and storage.open_output(out).complete
+    np.testing.assert_array_equal(recon(out), recon(straight[0]))
+    np.testing.assert_array_equal(staging(out), staging(straight[0]))
+    # a finished run re-run: nothing to do, nothing changes
+    again = flows.reconstruct_stack(params(flows_env, out, artifacts=False))
+    assert again["solved"] == 0 and again["skipped"] == 8
+
+
+def test_concurrent_run_and_changed_config_are_refused(flows_env, straight):
+    out = flows_env["dir"] / "locked.zarr"
+    p = params(flows_env, out, artifacts=False)
+    with pytest.raises(T.InjectedFailure):  # a first run creates the output and solves 2 tiles
+        flows.reconstruct_stack(params(flows_env, out, artifacts=False, fail_after_tiles=2))
+    with storage.RunLock(out):  # ... and another live run now holds the output's lock
+        with pytest.raises(storage.LockError, match="locked by run"):
+            flows.reconstruct_stack(p)
+    assert storage.open_output(out).ledger.count("solved") == 2  # the refused run wrote nothing
+    # a different configuration on an existing output: refused unless overwrite
+    with pytest.raises(storage.ConfigMismatchError, match="different configuration"):
+        flows.reconstruct_stack(params(flows_env, straight[0], seed=4, artifacts=False))
+    assert storage.open_output(straight[0]).complete
+
+
+def test_same_output_on_dask_local_cluster(flows_env, straight):
+    out = flows_env["dir"] / "dask.zarr"
+    res = flows.reconstruct_stack(params(flows_env, out, artifacts=False,
+                                         execution={"batch_size": 3, "torch_threads": 1, "dask_workers": 2}))
+    assert res["complete"] and res["solved"] == 8
+    assert len(res["worker_pids"]) >= 1 and os.getpid() not in res["worker_pids"]  # really ran on the workers
+    np.testing.assert_array_equal(recon(out), recon(straight[0]))
+
+
+def test_audit_flow_writes_dataset_and_report(flows_env, straight):
+    import xarray as xr
+    from zarr.storage import LocalStore
+
+    res = flows.audit_reconstruction(flows.AuditParams(output_store=str(straight[0]), window=8))
+    assert len(res["chi2_nu"]) == 2 and all(np.isfinite(res["chi2_nu"]))
+    ds = xr.open_zarr(LocalStore(straight[0], read_only=True), group="audit", consolidated=False, zarr_format=3)
+    assert ds["chi2_nu"].shape == (2,) and ds["tile_flagged"].shape == (2, 4) and ds["flag_map"].shape == (2, 48, 40)
+    report = res["report"]
+    text = open(report, encoding="utf-8").read()
+    assert "Per sample" in text and "frame 1" in text
