@@ -1,6 +1,7 @@
 """Train the embedded default prior on grayscale crops of the images bundled with scikit-image.
 
-Room: ``benchmarks`` — a script; uses ``ddiff`` (torch) and scikit-image for the data.
+Room: ``benchmarks`` — a script; uses ``ddiff`` (torch) and ``storage.sample_data`` (the
+scikit-image pictures and their train/held-out split).
 
 Data: every natural image that ships inside scikit-image and loads offline (list ``IMAGES``),
 converted to grayscale float in ``[0, 1]`` and mapped to model space ``[−1, 1]`` by ``2x − 1``.
@@ -29,47 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddiff.priors.adm import PRESETS, ADMUNet  # noqa: E402
 from ddiff.training import CropSampler, TrainConfig, train  # noqa: E402
-
-#: scikit-image sample images used (all ship with the wheel; no download needed).
-IMAGES = (
-    "camera", "astronaut", "coins", "moon", "brick", "grass", "gravel", "cell",
-    "hubble_deep_field", "immunohistochemistry", "retina", "microaneurysms", "clock",
-    "chelsea", "coffee", "rocket", "text", "page",
-)
-HOLDOUT_FRACTION = 0.25
+from storage.sample_data import HOLDOUT_FRACTION, IMAGES, sample_images  # noqa: E402,F401
 
 #: The default prior's network (1 channel, ~1.9 M parameters, tiles divisible by 8).
 DEFAULT_MODEL = dict(PRESETS["compact"])
 
 
 def skimage_images(names=IMAGES) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """Grayscale images in ``[−1, 1]`` split into (train = left 75 %, held-out = right 25 %).
-
-    Returns ``(train, heldout, names)``; each array is float32 ``(H, W)``. Images that fail to
-    load offline are skipped (their names are not returned).
-    """
-    import skimage.data
-    from skimage.color import rgb2gray, rgba2rgb
-    from skimage.util import img_as_float
-
-    train_parts, held_parts, used = [], [], []
-    for name in names:
-        try:
-            im = getattr(skimage.data, name)()
-        except Exception as exc:  # pooch-only images are not bundled; skip them visibly
-            print(f"skipping {name}: {type(exc).__name__}", file=sys.stderr)
-            continue
-        im = img_as_float(im)
-        if im.ndim == 3 and im.shape[-1] == 4:
-            im = rgba2rgb(im)
-        if im.ndim == 3:
-            im = rgb2gray(im)
-        im = (2.0 * im - 1.0).astype(np.float32)
-        cut = int(np.floor((1.0 - HOLDOUT_FRACTION) * im.shape[1]))
-        train_parts.append(np.ascontiguousarray(im[:, :cut]))
-        held_parts.append(np.ascontiguousarray(im[:, cut:]))
-        used.append(name)
-    return train_parts, held_parts, used
+    """Grayscale images in ``[−1, 1]`` split into (train = left 75 %, held-out = right 25 %);
+    see :func:`storage.sample_data.sample_images` (the one definition of the split)."""
+    return sample_images(names)
 
 
 def export_default(checkpoint_dir, dest_dir=None) -> Path:
@@ -87,6 +57,7 @@ def export_default(checkpoint_dir, dest_dir=None) -> Path:
             "last_batch_loss": meta.get("last_loss"), "train": meta["train"], "weights": "EMA",
             "data": {"images": list(IMAGES), "holdout": "rightmost 25% of each image", "crop": 64}}
     (dest / "default.json").write_text(json.dumps(card, indent=2))
+    (dest / "default.safetensors").chmod(0o644)  # safetensors writes 0600; the package needs it readable
     return dest / "default.safetensors"
 
 

@@ -173,8 +173,11 @@ def _save_checkpoint(out_dir: Path, step: int, model: nn.Module, ema: dict, opt,
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    # the network config rides in the safetensors metadata so load_prior needs no guessing
+    st_meta = {"ddiff_config": json.dumps(model.config.to_dict())}
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              str(tmp / "model.safetensors"), metadata=st_meta)
+    save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"), metadata=st_meta)
     torch.save({"step": step, "optimizer": opt.state_dict(), "rng": gen.get_state()}, tmp / "state.pt")
     meta = {"step": step, "model": model.config.to_dict(), "train": asdict(cfg), **extra}
     (tmp / "config.json").write_text(json.dumps(meta, indent=2))

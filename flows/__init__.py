@@ -34,16 +34,27 @@ if _bad is not None and getattr(_bad, "__file__", None) is None:  # namespace pa
     for _name in [n for n in _sys.modules if n == "storage" or n.startswith("storage.")]:
         del _sys.modules[_name]
 
-from .params import (AuditParams, BenchmarkParams, IngestParams, NoiseSpec, OperatorSpec,  # noqa: E402
-                     ReconstructParams, SolverSpec, TrainParams)
-from .ingest import ingest_stack  # noqa: E402
-from .reconstruct import reconstruct_stack  # noqa: E402
-from .audit import audit_reconstruction  # noqa: E402
-from .train import train_prior  # noqa: E402
-from .bench import benchmark  # noqa: E402
+# Lazy exports (PEP 562): `import flows` stays cheap and does not import prefect, so the CLI can
+# configure Prefect's logging (environment variables) before Prefect is first imported.
+_EXPORTS = {
+    "ingest_stack": ".ingest", "reconstruct_stack": ".reconstruct", "audit_reconstruction": ".audit",
+    "train_prior": ".train", "benchmark": ".bench",
+    "IngestParams": ".params", "ReconstructParams": ".params", "AuditParams": ".params", "TrainParams": ".params",
+    "BenchmarkParams": ".params", "OperatorSpec": ".params", "NoiseSpec": ".params", "SolverSpec": ".params",
+    "ExecutionSpec": ".params",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "ingest_stack", "reconstruct_stack", "audit_reconstruction", "train_prior", "benchmark",
-    "IngestParams", "ReconstructParams", "AuditParams", "TrainParams", "BenchmarkParams",
-    "OperatorSpec", "NoiseSpec", "SolverSpec",
-]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flows' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

@@ -13,8 +13,6 @@ saved as physical values ``(y + 1)/2`` in ``.npy``; ingested with the explicit i
 """
 from __future__ import annotations
 
-import importlib
-import sys
 import time
 from pathlib import Path
 
@@ -29,15 +27,9 @@ DEMO_OPERATOR = {"name": "gaussian_blur", "params": {"kernel_size": 25, "std": 2
 
 def heldout_images(min_size: int) -> list[tuple[str, np.ndarray]]:
     """``[(name, (H, W) float32 in [-1, 1])]``: held-out parts at least ``min_size`` on both sides."""
-    root = Path(__file__).resolve().parents[1]
-    if (root / "benchmarks" / "train_default_prior.py").is_file() and str(root) not in sys.path:
-        sys.path.append(str(root))
-    try:
-        mod = importlib.import_module("benchmarks.train_default_prior")
-    except ImportError as exc:
-        raise RuntimeError("the demo data loader (benchmarks/train_default_prior.py) is not available; run the "
-                           "demo from a source checkout (pip install -e .)") from exc
-    _, held, names = mod.skimage_images()
+    from storage.sample_data import sample_images
+
+    _, held, names = sample_images()
     return [(n, h) for n, h in zip(names, held) if min(h.shape) >= min_size]
 
 

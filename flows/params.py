@@ -126,6 +126,17 @@ class IngestParams(_Model):
     nonfinite: Literal["refuse", "mask"] = "refuse"
     overwrite: bool = False
 
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, v: str) -> str:
+        path = v
+        for ext in (".h5:", ".hdf5:", ".hdf:"):  # file.h5:/dataset
+            if ext in v:
+                path = v[: v.index(ext) + len(ext) - 1]
+        if not Path(path).exists():
+            raise ValueError(f"source {path!r} does not exist")
+        return v
+
 
 class ReconstructParams(_Model):
     input_store: str = Field(..., description="ingested OME-Zarr input store (storage.ingest)")
@@ -172,6 +183,7 @@ class TrainParams(_Model):
     device: Optional[str] = None
     max_minutes: Optional[float] = Field(None, gt=0)
     export: Optional[str] = Field(None, description="write the EMA weights here as .safetensors when done")
+    gpu_limit: Optional[str] = Field("gpu", description="Prefect global concurrency limit held while training on CUDA")
 
 
 class BenchmarkParams(_Model):

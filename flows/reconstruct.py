@@ -19,7 +19,6 @@ limit ``execution.gpu_limit`` (``strict=True``) when the device is CUDA.
 """
 from __future__ import annotations
 
-import math
 import re
 import tempfile
 import time
@@ -114,11 +113,20 @@ def _descriptors(p: ReconstructParams, out: storage.OutputStore, config: dict, r
     return descs
 
 
-@flow(name="solve-tiles", persist_result=False, validate_parameters=False)
-def solve_stage(descs: list[dict], total: int, already: int, artifact_id: str | None = None,
-                fail_after_tiles: int | None = None) -> dict:
-    """Submit one task per batch on this flow's task runner; track progress as batches finish."""
+@flow(name="solve-tiles", persist_result=False)
+def solve_stage(params: ReconstructParams, run_id: str, artifact_id: str | None = None) -> dict:
+    """Submit one task per pending batch on this flow's task runner; track progress as batches finish.
+
+    Its parameters are the run's (small) parameter model and lock id; the batch descriptors are
+    rebuilt here from the output's manifest and ledger, so nothing large enters the Prefect DB."""
+    p = params
     logger = get_run_logger()
+    out = storage.open_output(p.output_store)
+    config = out.manifest["config"]
+    prior = T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype)
+    descs = _descriptors(p, out, config, run_id, int(getattr(prior, "downsampling", 1) or 1))
+    total, already = out.n_frames * out.plan.n_tiles, out.ledger.count("solved")
+    fail_after_tiles = p.fail_after_tiles
     if fail_after_tiles is not None:  # testing hook: submit only up to the batch holding the k-th new tile
         k, left, cut = int(fail_after_tiles), int(fail_after_tiles), []
         if k == 0:
@@ -131,7 +139,8 @@ def solve_stage(descs: list[dict], total: int, already: int, artifact_id: str | 
             cut.append(d)
             left -= n_new
         descs = cut
-    futures = [solve_tiles.submit(d) for d in descs]
+    task = solve_tiles.with_options(retries=p.execution.retries)
+    futures = [task.submit(d) for d in descs]
     done_tiles, solver_s, nfe, errors, pids = already, 0.0, 0, [], set()
     for fut in as_completed(futures):
         try:
@@ -230,28 +239,24 @@ def reconstruct_stack(params: ReconstructParams) -> dict:
     p = params if isinstance(params, ReconstructParams) else ReconstructParams.model_validate(params)
     logger = get_run_logger()
     t0 = time.perf_counter()
-    config, geo, C, prior_sha = run_config(p)
+    config, geo, _, prior_sha = run_config(p)
     out = storage.create_output(p.output_store, p.input_store, geo.plan, config, prior_sha256=prior_sha,
                                 scale=geo.scale, overwrite=p.overwrite)
     run_id = str(flow_run.id or "") or None
     lock = storage.RunLock(out.path, run_id=run_id).acquire()
     try:
-        prior = T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype)
-        down = int(getattr(prior, "downsampling", 1) or 1)
         total = out.n_frames * out.plan.n_tiles
         already = out.ledger.count("solved")
-        descs = _descriptors(p, out, config, lock.run_id, down)
-        logger.info("%s: %d frames × %d tiles, %d already solved, %d batch task(s) to run", out.path, out.n_frames,
-                    out.plan.n_tiles, already, len(descs))
+        logger.info("%s: %d frames × %d tiles, %d already solved", out.path, out.n_frames, out.plan.n_tiles, already)
         art = None
         if p.artifacts:
             art = create_progress_artifact(progress=100.0 * already / max(total, 1),
                                            key=artifact_key("reconstruct-progress", p.output_store),
                                            description=f"tiles solved in {out.path.name}")
         stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": []}
-        if descs or p.fail_after_tiles is not None:
-            stage = solve_stage.with_options(task_runner=_task_runner(p))(
-                descs, total, already, None if art is None else str(art), p.fail_after_tiles)
+        if already < total or p.fail_after_tiles is not None:
+            stage = solve_stage.with_options(task_runner=_task_runner(p))(p, lock.run_id,
+                                                                          None if art is None else str(art))
         futs = [assemble_frame.submit(str(out.path), t, lock.run_id) for t in range(out.n_frames)]
         for f in futs:
             f.result()

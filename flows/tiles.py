@@ -28,7 +28,6 @@ import inspect
 import json
 import os
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,9 +312,3 @@ def _device_guard(device: str, limit: str | None):
     from prefect.concurrency.sync import concurrency
 
     return concurrency(limit, occupy=1, strict=True)
-
-
-def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
-    r = fn(*a, **kw)
-    return r, time.perf_counter() - t0

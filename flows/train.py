@@ -86,8 +86,12 @@ def train_prior(params: TrainParams, artifacts: bool = True) -> dict:
                      checkpoint_every=max(1, min(500, p.steps or 1)))
     logger.info("training %s (%d params) on %s crops of %s", p.preset, sum(q.numel() for q in model.parameters()),
                 p.crop, p.data_store)
-    summary = train(model, sampler, tc, p.out_dir, resume=True, device=p.device, progress=False,
-                    max_wall_s=None if p.max_minutes is None else 60.0 * p.max_minutes)
+    from .tiles import _device_guard
+
+    device = p.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with _device_guard(device, p.gpu_limit):  # the whole training run holds one GPU slot
+        summary = train(model, sampler, tc, p.out_dir, resume=True, device=device, progress=False,
+                        max_wall_s=None if p.max_minutes is None else 60.0 * p.max_minutes)
     if p.export:
         ck = latest_checkpoint(p.out_dir)
         if ck is None:

@@ -137,12 +137,19 @@ def test_concurrent_run_and_changed_config_are_refused(flows_env, straight):
 
 
 def test_same_output_on_dask_local_cluster(flows_env, straight):
+    """The same flow on a real 2-worker dask.distributed.LocalCluster (through DaskTaskRunner(address=...),
+    i.e. --dask-address) gives bit-identical output. (execution.dask_workers=N starts such a cluster
+    inside the flow instead; same task runner class.)"""
+    import distributed
+
     out = flows_env["dir"] / "dask.zarr"
-    res = flows.reconstruct_stack(params(flows_env, out, artifacts=False,
-                                         execution={"batch_size": 3, "torch_threads": 1, "dask_workers": 2}))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        res = flows.reconstruct_stack(params(flows_env, out, artifacts=False, execution={
+            "batch_size": 3, "torch_threads": 1, "dask_address": cl.scheduler_address}))
     assert res["complete"] and res["solved"] == 8
     assert len(res["worker_pids"]) >= 1 and os.getpid() not in res["worker_pids"]  # really ran on the workers
     np.testing.assert_array_equal(recon(out), recon(straight[0]))
+    np.testing.assert_array_equal(staging(out), staging(straight[0]))
 
 
 def test_audit_flow_writes_dataset_and_report(flows_env, straight):
@@ -156,3 +163,105 @@ def test_audit_flow_writes_dataset_and_report(flows_env, straight):
     report = res["report"]
     text = open(report, encoding="utf-8").read()
     assert "Per sample" in text and "frame 1" in text
+
+
+def test_mask_operator_tiles_follow_the_frame_mask():
+    """Position-dependent operators: a tile's mask is the frame mask on its (reflect-padded) read window."""
+    import operators
+    from storage.tiling import TilePlan
+
+    op = operators.get_operator("inpainting_random", prob=0.5, seed=1, image_size=(48, 40))
+    plan = TilePlan((48, 40), tile=24, halo=2, overlap=4)
+    frame_mask = op.mask.numpy()
+    for tile in plan:
+        top = T._tile_op(op, plan, tile, 1, (0, 0))
+        (ys, xs), pads = plan.read_window(tile)
+        np.testing.assert_array_equal(top.mask.numpy(), plan.pad(frame_mask[ys, xs], pads))
+        if tile.read[0] >= 0 and tile.read[2] >= 0 and tile.read[1] <= 48 and tile.read[3] <= 40:
+            y0, y1, x0, x1 = tile.read
+            np.testing.assert_array_equal(top.mask.numpy(), frame_mask[y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("operator, scale", [({"name": "inpainting_random", "params": {"prob": 0.5, "seed": 1}}, 1),
+                                             ({"name": "super_resolution", "params": {"scale": 2}}, 2)])
+def test_other_operator_families_run_end_to_end(flows_env, operator, scale):
+    out = flows_env["dir"] / f"{operator['name']}.zarr"
+    res = flows.reconstruct_stack(params(flows_env, out, operator=operator, solver={"name": "ddiff", "steps": 3},
+                                         artifacts=False))
+    assert res["complete"] and res["solved"] == res["n_tiles"]
+    x = recon(out)
+    assert x.shape == (2, 1, 48 * scale, 40 * scale) and np.isfinite(x).all()
+    assert storage.open_output(out).manifest["scale"] == scale
+
+
+GUARD_SCRIPT = """
+import distributed
+
+def worker_storage():
+    import flows, storage  # a worker unpickling one of our tasks imports flows first
+    return getattr(storage, "__file__", None)
+
+if __name__ == "__main__":
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \\
+            distributed.Client(cl) as client:
+        print(list(client.run(worker_storage).values())[0])
+"""
+
+
+def test_dask_worker_imports_the_real_storage_package(tmp_path):
+    """A Dask worker's scratch dir (on its sys.path) holds a spill folder named storage/; from a
+    directory outside the checkout, `import storage` after `import flows` must be the real package."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "guard.py"
+    script.write_text(GUARD_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == str(Path(storage.__file__).resolve())
+
+
+def test_gpu_guard_is_strict_and_holds_one_slot(prefect_harness):
+    """CUDA sections hold a slot of the named global concurrency limit; a missing limit is an error
+    (strict), never a silent free-for-all. CPU sections take no slot."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+    with pytest.raises(ConcurrencySlotAcquisitionError):
+        with T._device_guard("cuda", "ddiff-test-missing-limit"):
+            pass
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="ddiff-test-gpu", limit=1))
+        with T._device_guard("cuda:0", "ddiff-test-gpu"):
+            assert client.read_global_concurrency_limit_by_name("ddiff-test-gpu").active_slots == 1
+        assert client.read_global_concurrency_limit_by_name("ddiff-test-gpu").active_slots == 0
+        with T._device_guard("cpu", "ddiff-test-gpu"):
+            assert client.read_global_concurrency_limit_by_name("ddiff-test-gpu").active_slots == 0
+
+
+def test_injected_failure_is_not_retried_but_real_errors_are(prefect_harness):
+    from prefect import flow, task
+
+    from flows.reconstruct import _not_injected
+
+    calls = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=_not_injected, persist_result=False)
+    def fails(kind):
+        calls.append(kind)
+        raise (T.InjectedFailure if kind == "injected" else OSError)("boom")
+
+    @flow(persist_result=False)
+    def run(kind):
+        return fails(kind)
+
+    with pytest.raises(T.InjectedFailure):
+        run("injected")
+    assert calls == ["injected"]
+    calls.clear()
+    with pytest.raises(OSError):
+        run("io")
+    assert calls == ["io"] * 3

@@ -69,7 +69,8 @@ def test_checkpoint_files_log_and_loading(tmp_path):
     meta = json.loads((ck / "config.json").read_text())
     assert meta["model"] == net.config.to_dict() and meta["step"] == 10
     ema_net, _ = load_ema(ck)
-    prior = load_prior(ck / "ema.safetensors", preset=meta["model"])
+    prior = load_prior(ck / "ema.safetensors")  # config from the file's metadata, not guessed
+    assert prior.config.to_dict() == net.config.to_dict()
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     assert torch.equal(prior.eps(x, 100), ema_net(x, torch.tensor([100, 100]))[:, :1])
 

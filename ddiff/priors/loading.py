@@ -10,7 +10,7 @@ Strictness: every key of the architecture must be present with the right shape a
 may be in the file; otherwise :class:`CheckpointMismatchError` lists the missing, unexpected and
 mis-shaped keys. The architecture comes from, in order: the ``preset`` argument (a preset name,
 an :class:`~ddiff.priors.adm.ADMConfig` or a dict), the config stored in the safetensors metadata
-or a sidecar ``<stem>.json``, a preset whose key/shape list matches the file exactly, or a
+or a sidecar ``<stem>.json`` (or ``config.json`` with a ``model`` entry next to the file), a preset whose key/shape list matches the file exactly, or a
 config inferred from the shapes (norm groups and head width cannot be seen in shapes: 32 and 64,
 guided-diffusion's values, are assumed — store a sidecar JSON for anything else).
 """
@@ -123,9 +123,10 @@ def load_state_dict_file(path) -> tuple[dict[str, torch.Tensor], dict | None]:
         sd = _unwrap(obj, path)
     else:
         raise ValueError(f"{path}: unknown checkpoint format {suffix!r}; use .safetensors, .pt or .pth")
-    sidecar = path.with_suffix(".json")
-    if config is None and sidecar.is_file():
-        config = json.loads(sidecar.read_text())
+    # sidecars: <stem>.json, then the config.json of a training checkpoint directory
+    for sidecar in (path.with_suffix(".json"), path.parent / "config.json"):
+        if config is None and sidecar.is_file():
+            config = json.loads(sidecar.read_text())
     if isinstance(config, dict) and "model" in config and isinstance(config["model"], dict):
         config = config["model"]
     return sd, config
@@ -238,7 +239,8 @@ def load_prior(name_or_path="default", preset=None, dtype="fp32", device="cpu",
     ``name_or_path``: ``"default"`` (the embedded single-channel prior shipped in
     ``ddiff/priors/weights``) or a path to ``.safetensors`` / ``.pt`` / ``.pth``.
     ``preset``: a preset name (``"adm-ffhq256"``, ``"adm-imagenet256"``, ``"compact"``), an
-    ``ADMConfig`` or a config dict; inferred when omitted. ``dtype``: ``"fp32"``, ``"bf16"``,
+    ``ADMConfig`` or a config dict; when omitted it is read from the file's metadata or a sidecar
+    JSON (``<stem>.json`` or a training checkpoint's ``config.json``), else inferred from shapes. ``dtype``: ``"fp32"``, ``"bf16"``,
     ``"fp16"`` (or a torch dtype); ``device``: where the weights go. Loading is strict (see
     :class:`CheckpointMismatchError`); weights are bit-exact in fp32.
     """

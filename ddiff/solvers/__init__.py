@@ -7,5 +7,6 @@ from .daps import DAPS
 from .ddiff import DDiff, DDiffHQS, DiffPnPADMM, DiffPnPHQS
 from .diffpir import DiffPIR
 from .dps import DPS
+from .tv import TVReconstruction
 
-__all__ = ["Result", "Solver", "DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "DPS", "DiffPIR", "DAPS"]
+__all__ = ["Result", "Solver", "DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "DPS", "DiffPIR", "DAPS", "TVReconstruction"]

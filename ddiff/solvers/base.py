@@ -111,11 +111,11 @@ class Solver:
             raise ValueError("y contains NaN or Inf values; mask or repair the measurement before solving")
         if hasattr(noise, "validate"):
             noise.validate(y)
-        channels = getattr(self.prior, "channels", None) or 1
-        x_shape = tuple(x_shape) if x_shape is not None else infer_x_shape(y, operator, channels)
+        channels = getattr(self.prior, "channels", None)  # None: any channel count (no network)
+        x_shape = tuple(x_shape) if x_shape is not None else infer_x_shape(y, operator, channels or y.shape[1])
         if len(x_shape) != 4 or x_shape[0] != y.shape[0]:
             raise ValueError(f"x_shape must be (B, C, H, W) with B = {y.shape[0]}, got {x_shape}")
-        if x_shape[1] != channels:
+        if channels is not None and x_shape[1] != channels:
             raise ValueError(f"the prior has {channels} channel(s) but the image has {x_shape[1]}")
         with torch.no_grad():
             Ax = operator(torch.zeros(x_shape, dtype=y.real.dtype if y.is_complex() else y.dtype, device=y.device))
