@@ -1,9 +1,8 @@
 """The README's main job: ``ddiff demo`` — degrade, ingest, reconstruct, audit, report; offline, CPU.
 
 Room: ``flows`` — numpy, torch, ``operators``, ``ddiff.metrics``, ``storage``, the flows; the
-images come from scikit-image's bundled data through
-``benchmarks/train_default_prior.py:skimage_images`` (the same loader and the same held-out split
-as the default prior's training: the demo frames are cut from the HELD-OUT rightmost 25 % of
+images come from scikit-image's bundled data through ``storage.sample_data.sample_images`` (the
+same loader and the same held-out split as the default prior's training: the demo frames are cut from the HELD-OUT rightmost 25 % of
 each image, which the prior never saw).
 
 Stack: ``frames`` frames of ``size × size``, each the centre rows of one image's held-out part;

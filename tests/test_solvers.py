@@ -181,3 +181,17 @@ def test_tv_reconstruction_is_a_working_classical_baseline():
     assert total_variation(step, eps=1e-9).item() == pytest.approx(4.0, abs=1e-5)  # 4 rows × a jump of 1
     with pytest.raises(ValueError, match="weight"):
         TVReconstruction(weight=-1)
+
+
+def test_dps_uses_the_learned_variance_of_an_adm_prior():
+    from ddiff.priors import ADMPrior, ADMUNet
+
+    torch.manual_seed(0)
+    net = ADMUNet.from_preset("compact", learn_sigma=True, image_size=16).eval()
+    prior = ADMPrior(net)
+    A = get_operator("inpainting_random", prob=0.5, seed=0, image_size=16)
+    noise = GaussianNoise(0.05)
+    y = noise.sample(A(torch.zeros(1, 1, 16, 16)), torch.Generator().manual_seed(0))
+    seen = []
+    r = DPS(prior, steps=5, zeta=0.5).solve(y, A, noise, generator=torch.Generator().manual_seed(0), callback=seen.append)
+    assert r.nfe == 5 == r.nfe_with_grad and torch.isfinite(r.x).all() and len(seen) == 5

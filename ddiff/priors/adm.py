@@ -25,7 +25,7 @@ are ε̂ (the other half is the learned-range variance interpolation, unused by 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

@@ -98,19 +98,20 @@ class NFECounter(nn.Module):
     def schedule(self) -> VPSchedule:
         return self.prior.schedule
 
-    def eps(self, x_t: torch.Tensor, t) -> torch.Tensor:
+    def _count(self, x_t: torch.Tensor) -> None:
         self.nfe += 1
         if torch.is_grad_enabled() and x_t.requires_grad:
             self.with_grad += 1
+
+    def eps(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        self._count(x_t)
         return self.prior.eps(x_t, t)
 
     def eps_and_v(self, x_t: torch.Tensor, t):
         """``(ε̂, v)`` for priors with a learned variance (one NFE); ``v`` is ``None`` otherwise."""
         if not hasattr(self.prior, "eps_and_v"):
             return self.eps(x_t, t), None
-        self.nfe += 1
-        if torch.is_grad_enabled() and x_t.requires_grad:
-            self.with_grad += 1
+        self._count(x_t)
         return self.prior.eps_and_v(x_t, t)
 
     def x0(self, x_t: torch.Tensor, t, clip: bool = True) -> torch.Tensor:
