@@ -26,11 +26,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ddiff.metrics import psnr  # noqa: E402
 from ddiff.priors import load_prior  # noqa: E402
-from train_default_prior import skimage_images  # noqa: E402
+from storage.sample_data import sample_images  # noqa: E402
 
 SIGMAS = (0.1, 0.2, 0.4)
 
@@ -38,7 +37,7 @@ SIGMAS = (0.1, 0.2, 0.4)
 def heldout_crops(crop: int = 64, per_image: int = 8) -> torch.Tensor:
     """Non-overlapping crops on a grid of each held-out strip, at most ``per_image`` per image
     (evenly spread), as ``(N, 1, crop, crop)`` in ``[−1, 1]``."""
-    _, held, _ = skimage_images()
+    _, held, _ = sample_images()
     out = []
     for im in held:
         h, w = im.shape
@@ -53,7 +52,7 @@ def heldout_crops(crop: int = 64, per_image: int = 8) -> torch.Tensor:
 def training_crops(n: int = 48, crop: int = 64, seed: int = 1) -> torch.Tensor:
     from ddiff.training import CropSampler
 
-    train, _, _ = skimage_images()
+    train, _, _ = sample_images()
     usable = [im for im in train if min(im.shape) >= crop]
     return CropSampler(usable, crop, weighting="image")(torch.Generator().manual_seed(seed), n)
 

@@ -6,7 +6,7 @@ scikit-image pictures and their train/held-out split).
 Data: every natural image that ships inside scikit-image and loads offline (list ``IMAGES``),
 converted to grayscale float in ``[0, 1]`` and mapped to model space ``[−1, 1]`` by ``2x − 1``.
 The RIGHTMOST 25 % of every image (columns ``≥ floor(0.75 W)``) is held out for evaluation only
-(:func:`skimage_images` returns both parts); training draws random 64×64 crops from the left
+(:func:`storage.sample_data.sample_images` returns both parts); training draws random 64×64 crops from the left
 75 %, each image equally often, with random flips and 90° rotations.
 
 Reproducible: one seed drives crops, augmentations, timesteps and noise; rerunning with the same
@@ -23,23 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddiff.priors.adm import PRESETS, ADMUNet  # noqa: E402
 from ddiff.training import CropSampler, TrainConfig, train  # noqa: E402
-from storage.sample_data import HOLDOUT_FRACTION, IMAGES, sample_images  # noqa: E402,F401
+from storage.sample_data import IMAGES, sample_images  # noqa: E402
 
 #: The default prior's network (1 channel, ~1.9 M parameters, tiles divisible by 8).
 DEFAULT_MODEL = dict(PRESETS["compact"])
-
-
-def skimage_images(names=IMAGES) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """Grayscale images in ``[−1, 1]`` split into (train = left 75 %, held-out = right 25 %);
-    see :func:`storage.sample_data.sample_images` (the one definition of the split)."""
-    return sample_images(names)
 
 
 def export_default(checkpoint_dir, dest_dir=None) -> Path:
@@ -87,7 +80,7 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(args.seed)  # network initialisation
     net = ADMUNet(**json.loads(args.model))
-    train_parts, _, names = skimage_images()
+    train_parts, _, names = sample_images()
     usable = [im for im in train_parts if min(im.shape) >= args.crop]
     sampler = CropSampler(usable, args.crop, weighting="image")
     n_params = sum(p.numel() for p in net.parameters())

@@ -156,7 +156,13 @@ def check_positive(name: str, value, allow_zero: bool = False) -> float:
     return v
 
 
+def check_int(name: str, value, low: int, high: int | None = None) -> int:
+    """``value`` itself, raising ``ValueError`` unless it is an integer (not a bool) in ``low..high``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+    return value
+
+
 def check_steps(steps, T: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not (1 <= steps <= T):
-        raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
-    return steps
+    return check_int("steps", steps, 1, T)

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .base import Solver, check_positive, randn
+from .base import Solver, check_int, check_positive, randn
 
 __all__ = ["DAPS", "poly_sigmas"]
 
@@ -48,10 +48,9 @@ class DAPS(Solver):
                  lr: float = 1e-4, lr_min_ratio: float = 0.01, tau: float = 0.01,
                  sigma_max: float = 100.0, sigma_min: float = 0.1, sigma_min_ode: float = 0.01):
         super().__init__(prior)
-        for name, v in (("annealing_steps", annealing_steps), ("ode_steps", ode_steps), ("mcmc_steps", mcmc_steps)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "mcmc_steps" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        self.annealing_steps, self.ode_steps, self.mcmc_steps = annealing_steps, ode_steps, mcmc_steps
+        self.annealing_steps = check_int("annealing_steps", annealing_steps, 1)
+        self.ode_steps = check_int("ode_steps", ode_steps, 1)
+        self.mcmc_steps = check_int("mcmc_steps", mcmc_steps, 0)
         self.lr = check_positive("lr", lr)
         self.lr_min_ratio = check_positive("lr_min_ratio", lr_min_ratio)
         self.tau = check_positive("tau", tau)

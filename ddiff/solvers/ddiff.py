@@ -142,9 +142,9 @@ class DDiff(_DualAscentBase):
         for i, t in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1  # ᾱ_{−1} = 1 after the last step
             ab, ab_prev = sched.abar(t), sched.abar(t_prev)
-            y_a = y[active]
+            y_a, gamma = y[active], self.gamma(t, n)
             z = net.x0(x_t, t)  # (1) z-update: Tweedie denoise on the manifold, 1 NFE
-            x, _ = self.data_step(operator, noise, y_a, z - u, self.gamma(t, n))  # (2) x-update at v = z − u
+            x, _ = self.data_step(operator, noise, y_a, z - u, gamma)  # (2) x-update at v = z − u
             eps_tilde = (x_t - math.sqrt(ab) * x) / math.sqrt(1 - ab)  # (3) implied noise
             primal = per_sample_norm(x - z).flatten()
             stop = primal / per_sample_norm(z).flatten().clamp_min(1e-30) < (self.early_stop or 0.0)  # (4)
@@ -155,7 +155,7 @@ class DDiff(_DualAscentBase):
             if self.use_dual:
                 u = u + (x - z)  # (6) dual ascent
             emit({
-                "i": i, "t": t, "gamma": self.gamma(t, n), "x": x, "z": z, "u": u, "x_t": x_t,
+                "i": i, "t": t, "gamma": gamma, "x": x, "z": z, "u": u, "x_t": x_t,
                 "primal_residual": primal, "dual_norm": per_sample_norm(u).flatten(),
                 "nll": noise.nll(y_a, operator(x)), "active": active,
             })

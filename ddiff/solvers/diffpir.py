@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from .base import Solver, check_positive, per_sample_norm, randn
+from .base import Solver, check_int, check_positive, per_sample_norm, randn
 
 __all__ = ["DiffPIR", "quad_timesteps"]
 
@@ -37,8 +37,7 @@ __all__ = ["DiffPIR", "quad_timesteps"]
 def quad_timesteps(n: int, T: int = 1000) -> list[int]:
     """DiffPIR's ``skip_type='quad'`` sequence: ``t_k = T−1 − int(√(linspace(0, T², n))_k)``,
     the last offset reduced by one so it ends at 0 (N = 20: 999, 770, 675, …, 26, 0)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"DiffPIR needs an integer number of steps >= 2, got {n!r}")
+    check_int("DiffPIR steps", n, 2)
     s = [int(v) for v in torch.sqrt(torch.linspace(0, float(T) ** 2, n, dtype=torch.float64)).tolist()]
     s[-1] -= 1
     return [T - 1 - v for v in s]

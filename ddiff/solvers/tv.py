@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Solver, check_positive
+from .base import Solver, check_int, check_positive
 
 __all__ = ["TVReconstruction", "total_variation"]
 
@@ -42,9 +42,7 @@ class TVReconstruction(Solver):
         self.weight = check_positive("weight", weight)
         self.lr = check_positive("lr", lr)
         self.eps = check_positive("eps", eps)
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-            raise ValueError(f"iters must be a positive integer, got {iters!r}")
-        self.iters = iters
+        self.iters = check_int("iters", iters, 1)
 
     def _run(self, net, y, operator, noise, x_shape, generator, emit):
         dt = y.real.dtype if y.is_complex() else y.dtype
