@@ -10,7 +10,8 @@ Public flows (each takes one pydantic parameter model, rendered as a form in the
   resumable, locally on threads or on Dask);
 * :func:`audit_reconstruction` — per-tile hallucination audit of a finished reconstruction;
 * :func:`train_prior` — train a compact diffusion prior on clean images held in a Zarr store;
-* :func:`benchmark` — run solvers on held-out crops and write a tidy CSV.
+* :func:`benchmark` — the paper's protocol (Table 1/2, noise and NFE studies) on any prior:
+  tidy CSV + xarray, markdown tables, plots and a check of the paper's claims (``docs/benchmark.md``).
 
 Import-path guard (why the block below exists): a Dask worker puts its scratch directory on
 ``sys.path`` and that directory contains a spill folder named ``storage/``. With the editable

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["OperatorSpec", "NoiseSpec", "SolverSpec", "ExecutionSpec", "IngestParams", "ReconstructParams",
-           "AuditParams", "TrainParams", "BenchmarkParams", "SOLVER_NAMES", "PAPER_TASKS"]
+           "AuditParams", "TrainParams", "BenchmarkParams", "BENCH_PRESETS", "SOLVER_NAMES", "PAPER_TASKS"]
 
 #: solver name -> class name in ``ddiff``
 SOLVER_NAMES = {"ddiff": "DDiff", "ddiff_hqs": "DDiffHQS", "diffpnp_admm": "DiffPnPADMM",
@@ -186,13 +186,88 @@ class TrainParams(_Model):
     gpu_limit: Optional[str] = Field("gpu", description="Prefect global concurrency limit held while training on CUDA")
 
 
+#: the benchmark's solvers: the seven diffusion solvers and the TV-regularized classical baseline
+_BENCH_SOLVERS = ("ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps", "diffpir", "daps", "tv")
+#: the benchmark's presets (``ddiff bench --preset``); any field given explicitly overrides them.
+#: ``cpu`` is sized to finish in under 30 minutes on a 2-core CPU with the embedded prior.
+BENCH_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(size=256, n_images=100, nfe=1000, tasks=list(PAPER_TASKS),
+                  solvers=list(_BENCH_SOLVERS),
+                  noise_sweep=[0.01, 0.05, 0.1, 0.2, 0.5], nfe_sweep=[50, 100, 200, 500, 1000],
+                  sweep_task="phase_retrieval", noise_sweep_solvers=["ddiff", "daps", "dps", "diffpir", "tv"],
+                  nfe_sweep_solvers=["ddiff", "daps", "dps", "diffpir"], phase_retrieval_runs=5, tune_images=8,
+                  tv_weights=[0.002, 0.005, 0.01, 0.02, 0.05, 0.1], tv_iters=300),
+    "cpu": dict(size=64, n_images=5, nfe=100, tasks=list(PAPER_TASKS),
+                solvers=list(_BENCH_SOLVERS),
+                noise_sweep=[0.01, 0.05, 0.1, 0.2, 0.5], nfe_sweep=[20, 50, 100, 200],
+                sweep_task="gaussian_blur", noise_sweep_solvers=["ddiff", "daps", "tv"],
+                nfe_sweep_solvers=["ddiff", "daps", "dps", "diffpir"], phase_retrieval_runs=5, tune_images=4,
+                tv_weights=[0.002, 0.005, 0.01, 0.02, 0.05, 0.1], tv_iters=300),
+    "smoke": dict(size=32, n_images=2, nfe=4, tasks=list(PAPER_TASKS),
+                  solvers=list(_BENCH_SOLVERS),
+                  noise_sweep=[0.05, 0.2], nfe_sweep=[2, 4], sweep_task="gaussian_blur",
+                  noise_sweep_solvers=["ddiff", "daps", "tv"], nfe_sweep_solvers=["ddiff", "daps"],
+                  phase_retrieval_runs=2, tune_images=2, tv_weights=[0.01, 0.05], tv_iters=20),
+}
+
+
 class BenchmarkParams(_Model):
-    operator: OperatorSpec = Field(default_factory=OperatorSpec)
-    noise: NoiseSpec = Field(default_factory=NoiseSpec)
-    prior: str = "default"
-    solvers: list[SolverSpec] = Field(default_factory=lambda: [SolverSpec()])
-    crop: int = Field(64, ge=8)
-    n_images: int = Field(4, ge=1)
-    seed: int = 0
-    csv: str = Field("benchmark.csv", description="tidy CSV: one row per (solver, image, metric)")
+    """The paper's protocol (Table 1, Table 2, noise and NFE sweeps) on one prior.
+
+    Every ``None`` field takes the ``preset``'s value (:data:`BENCH_PRESETS`). Images: ``images``
+    (a folder of PNG/TIFF or a ``.npy`` stack, centre-cropped to ``size``) or, when absent, crops
+    of the HELD-OUT part of scikit-image's bundled images (the embedded prior never saw them).
+    """
+
+    preset: Literal["paper", "cpu", "smoke"] = "cpu"
+    out: str = Field("bench", description="output folder (rerunning the same configuration resumes)")
+    prior: str = Field("default", description="'default' or a .safetensors/.pt checkpoint path")
+    dataset: Literal["ffhq", "imagenet"] = Field("ffhq", description="which of the paper's DDiff settings to use")
+    images: Optional[str] = Field(None, description="evaluation images (folder or .npy); None: bundled held-out crops")
+    tasks: Optional[list[str]] = None
+    solvers: Optional[list[str]] = None
+    size: Optional[int] = Field(None, ge=16, le=4096)
+    n_images: Optional[int] = Field(None, ge=1)
+    nfe: Optional[int] = Field(None, ge=1, le=10000, description="NFE budget of every diffusion solver (Table 1/2)")
+    sigma_y: float = Field(0.05, gt=0, description="measurement noise σ_y of Table 1/2 (model space)")
+    noise_sweep: Optional[list[float]] = Field(None, description="σ_y values of the noise study (Fig. 3)")
+    nfe_sweep: Optional[list[int]] = Field(None, description="NFE budgets of the speed study (Fig. 5)")
+    sweep_task: Optional[str] = None
+    noise_sweep_solvers: Optional[list[str]] = None
+    nfe_sweep_solvers: Optional[list[str]] = None
+    phase_retrieval_runs: Optional[int] = Field(None, ge=1, le=100, description="best of R runs (paper: 5)")
+    tune_images: Optional[int] = Field(None, ge=1, description="training crops for tuning TV's weight")
+    tv_weights: Optional[list[float]] = None
+    tv_iters: Optional[int] = Field(None, ge=1)
+    hyperparameters: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-solver constructor overrides, e.g. {'ddiff': {'gamma0': 5.0}}")
+    nonlinear_blur_weights: Optional[str] = Field(None, description="bkse GOPRO_wVAE.pth (nonlinear blur runs only with it)")
+    seed: int = Field(0, ge=0)
     device: str = "cpu"
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    overwrite: bool = Field(False, description="discard finished cells of a different configuration in out")
+
+    @model_validator(mode="after")
+    def _names(self):
+        r = self.resolved()
+        for field in ("solvers", "noise_sweep_solvers", "nfe_sweep_solvers"):
+            bad = [s for s in r[field] if s not in _BENCH_SOLVERS]
+            if bad:
+                raise ValueError(f"{field}: unknown solver(s) {bad}; choose from {', '.join(_BENCH_SOLVERS)}")
+        bad = [t for t in [*r["tasks"], r["sweep_task"]] if t not in PAPER_TASKS]
+        if bad:
+            raise ValueError(f"unknown task(s) {bad}; the paper's tasks are: {', '.join(PAPER_TASKS)}")
+        if any(s <= 0 for s in r["noise_sweep"]) or any(n < 1 for n in r["nfe_sweep"]):
+            raise ValueError("noise_sweep values must be > 0 and nfe_sweep values >= 1")
+        unknown = [s for s in self.hyperparameters if s not in _BENCH_SOLVERS]
+        if unknown:
+            raise ValueError(f"hyperparameters for unknown solver(s) {unknown}; choose from {', '.join(_BENCH_SOLVERS)}")
+        if self.preset == "paper" and self.images is None:
+            raise ValueError("the paper preset evaluates YOUR 256² validation images (FFHQ/ImageNet): pass images=<folder "
+                             "or .npy>; the bundled crops are for the cpu and smoke presets")
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The preset overlaid with every field given explicitly (JSON-ready)."""
+        preset = BENCH_PRESETS[self.preset]
+        return {k: preset.get(k) if v is None else v for k, v in self.model_dump().items()}

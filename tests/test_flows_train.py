@@ -1,8 +1,6 @@
-"""train_prior (Zarr crops -> trainer -> exported weights that load_prior reads) and the minimal
-benchmark flow (tidy CSV) on tiny settings, under Prefect's test harness."""
+"""train_prior (Zarr crops -> trainer -> exported weights that load_prior reads) on tiny settings,
+under Prefect's test harness. The benchmark flow is tested in ``test_bench.py``."""
 from __future__ import annotations
-
-import csv
 
 import numpy as np
 import torch
@@ -38,15 +36,3 @@ def test_sampler_reads_model_space_crops_from_the_store(flows_env):
         hits = [(t, i, j) for t in range(y.shape[0]) for i in range(48 - 15) for j in range(40 - 15)
                 if np.allclose(y[t, :, i:i + 16, j:j + 16], c, atol=1e-6)]
         assert hits
-
-
-def test_benchmark_writes_tidy_csv(flows_env, tmp_path):
-    p = flows.BenchmarkParams(operator={"name": "gaussian_blur", "params": {"kernel_size": 7, "std": 1.0}},
-                              prior=str(flows_env["prior"]), solvers=[{"name": "ddiff", "steps": 2},
-                                                                      {"name": "dps", "steps": 2}],
-                              crop=32, n_images=2, csv=str(tmp_path / "b.csv"))
-    r = flows.benchmark(p, artifacts=False)
-    rows = list(csv.DictReader(open(r["csv"])))
-    assert r["rows"] == len(rows) == 2 * 2 * 3  # solvers x images x metrics
-    assert {row["metric"] for row in rows} == {"psnr", "ssim", "chi2_nu"}
-    assert all(np.isfinite(float(row["value"])) for row in rows)
