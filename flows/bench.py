@@ -163,9 +163,10 @@ def run_cell(cfg_json: str, cell: dict, run_id: str) -> dict:
     prior = None if solver == "tv" else T.load_prior_cached(r["prior"], r["device"], r["dtype"])
     kwargs = B.solver_kwargs(solver, task_, max(nfe_budget, 1), r["dataset"], overrides)
     runs = r["phase_retrieval_runs"] if task_ == "phase_retrieval" and solver != "tv" else 1
-    res = B.solve_best_of(B.build_solver(solver, prior, kwargs), y, A, noise, x, runs=runs, seed=r["seed"])
-    n = x.shape[0]
-    floor = 0.0 if prior is None else res.nfe * B.forward_seconds(prior, tuple(x.shape)) / n
+    with T._device_guard(r["device"], r["gpu_limit"]):  # the GPU section shares the nightly runs' limit
+        res = B.solve_best_of(B.build_solver(solver, prior, kwargs), y, A, noise, x, runs=runs, seed=r["seed"])
+        n = x.shape[0]
+        floor = 0.0 if prior is None else res.nfe * B.forward_seconds(prior, tuple(x.shape)) / n
     setting = json.dumps(kwargs, sort_keys=True, default=str)
     records = [dict(task=task_, solver=solver, sigma_y=sigma, nfe_budget=nfe_budget, image=names[i], image_index=i,
                     run=int(res.run[i]), runs=runs, **{k: float(v[i]) for k, v in res.metrics.items()},
@@ -195,7 +196,7 @@ def benchmark(params: BenchmarkParams, artifacts: bool = True, command: str | No
     cells = plan_cells(r, skipped)
     # what defines the results (not where they go, nor whether to overwrite): a retrained prior
     # saved under the same path is another configuration, so its bytes are part of it
-    store_config = {k: v for k, v in r.items() if k not in ("out", "overwrite")} | {
+    store_config = {k: v for k, v in r.items() if k not in ("out", "overwrite", "gpu_limit")} | {
         "cells": cells, "prior_sha256": _prior_sha256(r["prior"])}
     cfg_json = json.dumps(r, sort_keys=True, default=str)
     t_start = time.time()

@@ -24,6 +24,12 @@ PAPER_TASKS = ("super_resolution", "inpainting_box", "inpainting_random", "gauss
                "phase_retrieval", "nonlinear_blur", "hdr")
 
 
+def _check_device(v: str) -> str:
+    if not (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()) or v == "mps"):
+        raise ValueError(f"device={v!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return v
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -106,9 +112,7 @@ class ExecutionSpec(_Model):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()) or v == "mps"):
-            raise ValueError(f"device={v!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
-        return v
+        return _check_device(v)
 
     @model_validator(mode="after")
     def _one_cluster(self):
@@ -245,7 +249,13 @@ class BenchmarkParams(_Model):
     seed: int = Field(0, ge=0)
     device: str = "cpu"
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gpu_limit: Optional[str] = Field("gpu", description="Prefect global concurrency limit each cell holds on CUDA")
     overwrite: bool = Field(False, description="discard finished cells of a different configuration in out")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return _check_device(v)
 
     @model_validator(mode="after")
     def _names(self):
