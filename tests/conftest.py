@@ -32,14 +32,14 @@ BLUR = {"name": "gaussian_blur", "params": {"kernel_size": 7, "std": 1.0}}
 SIGMA = 0.05
 
 
-def tiny_prior(path: Path, seed: int = 0) -> Path:
+def tiny_prior(path: Path, seed: int = 0, channels: int = 1) -> Path:
     """A 2-level ADM U-Net with random weights, saved as safetensors with its config (load_prior reads it).
     Its last convolution is zero-initialised (as in guided-diffusion), so eps = 0: a flat prior."""
     from safetensors.torch import save_file
 
     from ddiff.priors.adm import ADMConfig, ADMUNet
 
-    cfg = ADMConfig(**TINY)
+    cfg = ADMConfig(**{**TINY, "in_channels": channels})
     torch.manual_seed(seed)
     net = ADMUNet(cfg)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),

@@ -220,3 +220,28 @@ def test_cli_names_a_bad_override_in_one_line(tmp_path, capsys):
     rc = main(["bench", "--preset", "smoke", "--out", str(tmp_path / "b"), "--solvers", "ddiff,sgld", "--no-progress"])
     assert rc == 2 and "unknown solver" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()  # nothing written on bad input
+
+
+def test_paper_preset_path_on_the_users_rgb_images_and_checkpoint(tmp_path, prefect_harness):
+    """The `paper` preset's path (user images, a user checkpoint, RGB) at toy size: everything the
+    GPU job does except its scale."""
+    from PIL import Image
+
+    import flows
+    from conftest import tiny_prior
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"val{i}.png")
+    prior = tiny_prior(tmp_path / "rgb.safetensors", channels=3)
+    p = flows.BenchmarkParams(
+        preset="paper", images=str(tmp_path / "imgs"), prior=str(prior), out=str(tmp_path / "out"), size=32,
+        n_images=2, nfe=2, tasks=["inpainting_box", "phase_retrieval", "nonlinear_blur"], solvers=["ddiff", "tv"],
+        noise_sweep=[0.05, 0.1], nfe_sweep=[2], sweep_task="inpainting_box", noise_sweep_solvers=["ddiff"],
+        nfe_sweep_solvers=["ddiff"], phase_retrieval_runs=2, tune_images=1, tv_weights=[0.05], tv_iters=5)
+    r = flows.benchmark(p, artifacts=False)
+    df = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(df.image) == {"val0", "val1"} and set(df.task) == {"inpainting_box", "phase_retrieval"}
+    assert "nonlinear_blur" in r["skipped"] and (tmp_path / "out" / "qualitative.png").is_file()
+    assert len(df) == 2 * r["cells"] and (df[df.task == "phase_retrieval"].query("solver == 'ddiff'").runs == 2).all()
