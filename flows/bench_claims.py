@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .bench_report import SOLVER_LABELS, TASK_ORDER, _md, _mean_ci, _task_label
+from .bench_report import SOLVER_LABELS, TASK_ORDER, markdown_table, mean_ci95, task_label
 
 __all__ = ["PAPER_TABLE1_FFHQ", "PAPER_TABLE2", "paired_difference", "claims_markdown"]
 
@@ -60,7 +60,7 @@ def paired_difference(df, task, a, b, sigma_y, nfe_budget, metric="psnr") -> tup
     pa = _cell(df, task, a, sigma_y, nfe_budget).set_index("image")[metric]
     pb = _cell(df, task, b, sigma_y, nfe_budget).set_index("image")[metric]
     d = (pa - pb).dropna()
-    mean, half = _mean_ci(d.to_numpy())
+    mean, half = mean_ci95(d.to_numpy())
     return mean, half, int(d.size)
 
 
@@ -97,7 +97,7 @@ def claims_markdown(df: pd.DataFrame, *, sigma_y: float, nfe_budget: int, sweep_
     rivals = [s for s in ("dps", "diffpir", "daps", "tv") if s in set(df.solver)]
     rows, verdicts = [], {s: [] for s in rivals}
     for t in tasks:
-        row = [_task_label(t)]
+        row = [task_label(t)]
         for s in rivals:
             m, h, _ = paired_difference(df, t, "ddiff", s, sigma_y, nfe_budget)
             v = _verdict(m, h)
@@ -108,7 +108,7 @@ def claims_markdown(df: pd.DataFrame, *, sigma_y: float, nfe_budget: int, sweep_
         rows.append(row)
     out += ["### 1. DDiff beats DPS and DiffPIR on most tasks, on par with or better than DAPS", "",
             f"ΔPSNR = DDiff − method at σ_y = {sigma_y}, NFE {nfe_budget} (TV: no paper number).", "",
-            _md(["Task", *[f"DDiff − {SOLVER_LABELS[s]}" for s in rivals]], rows), ""]
+            markdown_table(["Task", *[f"DDiff − {SOLVER_LABELS[s]}" for s in rivals]], rows), ""]
     out += [f"- vs {SOLVER_LABELS[s]}: {_count(verdicts[s])} tasks." for s in rivals] + [""]
 
     # claim 2: robustness to measurement noise — paired: (drop of DAPS) − (drop of DDiff) per image
@@ -117,11 +117,11 @@ def claims_markdown(df: pd.DataFrame, *, sigma_y: float, nfe_budget: int, sweep_
         lo, hi = sig[0], sig[-1]
         drop = {s: (_cell(df, sweep_task, s, lo, nfe_budget).set_index("image").psnr
                     - _cell(df, sweep_task, s, hi, nfe_budget).set_index("image").psnr) for s in ("ddiff", "daps")}
-        m, h = _mean_ci((drop["daps"] - drop["ddiff"]).dropna().to_numpy())
+        m, h = mean_ci95((drop["daps"] - drop["ddiff"]).dropna().to_numpy())
         m_hi, h_hi, _ = paired_difference(df, sweep_task, "ddiff", "daps", hi, nfe_budget)
         ends = {s: [_cell(df, sweep_task, s, x, nfe_budget).psnr.mean() for x in (lo, hi)] for s in ("ddiff", "daps")}
         out += ["### 2. More robust to measurement noise than DAPS", "",
-                f"{_task_label(sweep_task)}, σ_y from {lo} to {hi}: PSNR {ends['ddiff'][0]:.2f} → {ends['ddiff'][1]:.2f} dB "
+                f"{task_label(sweep_task)}, σ_y from {lo} to {hi}: PSNR {ends['ddiff'][0]:.2f} → {ends['ddiff'][1]:.2f} dB "
                 f"for DDiff, {ends['daps'][0]:.2f} → {ends['daps'][1]:.2f} dB for DAPS (a method that ignores the data "
                 "also 'degrades slowly': read the levels, not only the fall); "
                 f"DAPS's fall − DDiff's fall = {_delta(m, h)} dB "
@@ -139,8 +139,8 @@ def claims_markdown(df: pd.DataFrame, *, sigma_y: float, nfe_budget: int, sweep_
             rows.append([str(n), f"{t_d:.3f}", f"{f_d:.3f}", f"{t_d / f_d:.2f}", f"{t_a:.3f}", f"{t_a / t_d:.2f}"])
     if rows:
         out += ["### 3. Faster than DAPS at equal NFE", "",
-                f"{_task_label(sweep_task)}, σ_y = {sigma_y}; seconds per image, measured side by side in this run.", "",
-                _md(["NFE", "DDiff s", "DDiff floor s (NFE × forward)", "DDiff / floor", "DAPS s", "DAPS / DDiff"], rows),
+                f"{task_label(sweep_task)}, σ_y = {sigma_y}; seconds per image, measured side by side in this run.", "",
+                markdown_table(["NFE", "DDiff s", "DDiff floor s (NFE × forward)", "DDiff / floor", "DAPS s", "DAPS / DDiff"], rows),
                 ""]
 
     # claim 4: both ingredients are needed
@@ -151,7 +151,7 @@ def claims_markdown(df: pd.DataFrame, *, sigma_y: float, nfe_budget: int, sweep_
     if pairs:
         rows, verdicts = [], {p: [] for p in pairs}
         for t in tasks:
-            row = [_task_label(t)]
+            row = [task_label(t)]
             for p in pairs:
                 m, h, _ = paired_difference(df, t, p[0], p[1], sigma_y, nfe_budget)
                 v = _verdict(m, h)
@@ -160,6 +160,6 @@ def claims_markdown(df: pd.DataFrame, *, sigma_y: float, nfe_budget: int, sweep_
                 row.append(f"{_delta(m, h)} ({v}; paper {paper[p[0]] - paper[p[1]]:+.2f})" if paper else _delta(m, h))
             rows.append(row)
         out += ["### 4. Both ingredients — dual variable and noising step — are needed (Table 2)", "",
-                _md(["Task", *[f"{SOLVER_LABELS[a]} − {SOLVER_LABELS[b]}" for a, b, _ in pairs]], rows), ""]
+                markdown_table(["Task", *[f"{SOLVER_LABELS[a]} − {SOLVER_LABELS[b]}" for a, b, _ in pairs]], rows), ""]
         out += [f"- {p[2]}: {_count(verdicts[p])} tasks." for p in pairs] + [""]
     return "\n".join(out)

@@ -27,7 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
-__all__ = ["summarize", "table1_markdown", "table2_markdown", "timing_markdown",
+__all__ = ["summarize", "mean_ci95", "task_label", "markdown_table", "table1_markdown", "table2_markdown", "timing_markdown",
            "plot_noise_sweep", "plot_nfe_sweep", "plot_qualitative", "write_report"]
 
 TASK_LABELS = {
@@ -55,7 +55,7 @@ TABLE_COLUMNS = (
 )
 
 
-def _task_label(task: str) -> str:
+def task_label(task: str) -> str:
     return TASK_LABELS.get(task, task)
 
 
@@ -63,7 +63,8 @@ def _rank(value: str, order: Sequence[str]) -> tuple[int, str]:
     return (order.index(value) if value in order else len(order), value)
 
 
-def _mean_ci(values) -> tuple[float, float]:
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and 95 % t-interval half-width of the finite values (half-width NaN below 2 values)."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -82,7 +83,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     for key, g in df.groupby(KEYS, sort=False):
         row = dict(zip(KEYS, key), n=len(g))
         for m in METRICS:
-            row[f"{m}_mean"], row[f"{m}_ci95"] = _mean_ci(g[m] if m in g else [])
+            row[f"{m}_mean"], row[f"{m}_ci95"] = mean_ci95(g[m] if m in g else [])
         floor = float(g["floor_seconds"].mean())
         row.update(nfe=float(g["nfe"].mean()), runs=int(g["runs"].max()), floor_seconds=floor,
                    time_ratio=row["seconds_mean"] / floor if floor > 0 else np.nan)
@@ -104,7 +105,8 @@ def _select(summary: pd.DataFrame, sigma_y=None, nfe_budget=None, task=None) -> 
     return summary[keep]
 
 
-def _md(header: Sequence[str], rows: list[list[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: list[list[str]]) -> str:
+    """A GitHub-markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
@@ -151,7 +153,7 @@ def table1_markdown(summary: pd.DataFrame, sigma_y: float, nfe_budget: int,
             if hit.empty:
                 continue
             r = hit.iloc[0]
-            row = [_task_label(task) if first else "", SOLVER_LABELS.get(solver, solver)]
+            row = [task_label(task) if first else "", SOLVER_LABELS.get(solver, solver)]
             for m, _, dec, score in TABLE_COLUMNS:
                 cell = _pm(r[f"{m}_mean"], r[f"{m}_ci95"], dec)
                 bold = len(block) > 1 and score(r[f"{m}_mean"]) == best[m]
@@ -159,7 +161,7 @@ def table1_markdown(summary: pd.DataFrame, sigma_y: float, nfe_budget: int,
             # one batch is timed per cell, so seconds per image carry no spread over images
             rows.append(row + [_nfe(r, runs=True), _pm(r["seconds_mean"], np.nan, 2)])
             first = False
-    return _caption(sel, sigma_y, nfe_budget) + "\n\n" + _md(header, rows)
+    return _caption(sel, sigma_y, nfe_budget) + "\n\n" + markdown_table(header, rows)
 
 
 def table2_markdown(summary: pd.DataFrame, sigma_y: float, nfe_budget: int) -> str:
@@ -180,14 +182,14 @@ def timing_markdown(summary: pd.DataFrame, sigma_y: float, nfe_budget: int) -> s
 
     rows, prev = [], None
     for _, r in sel.iterrows():
-        rows.append(row(_task_label(r["task"]) if r["task"] != prev else "", r["solver"],
+        rows.append(row(task_label(r["task"]) if r["task"] != prev else "", r["solver"],
                         _nfe(r), r["seconds_mean"], r["floor_seconds"], r["time_ratio"]))
         prev = r["task"]
     by_solver = sorted(sel.groupby("solver"), key=lambda kv: _rank(kv[0], SOLVER_ORDER))
     for i, (solver, g) in enumerate(by_solver):  # means over tasks
         rows.append(row("all tasks" if i == 0 else "", solver, "", g["seconds_mean"].mean(),
                         g["floor_seconds"].mean(), g["time_ratio"].mean()))
-    return f"σ_y = {sigma_y:g}, NFE budget {nfe_budget}\n\n" + _md(header, rows)
+    return f"σ_y = {sigma_y:g}, NFE budget {nfe_budget}\n\n" + markdown_table(header, rows)
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> str:
@@ -244,7 +246,7 @@ def plot_noise_sweep(summary: pd.DataFrame, task: str, nfe_budget: int, path,
         ax.set(xlabel="σ_y", ylabel=m)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{_task_label(task)} — NFE {nfe_budget}")
+    fig.suptitle(f"{task_label(task)} — NFE {nfe_budget}")
     return _save(fig, path)
 
 
@@ -274,7 +276,7 @@ def plot_nfe_sweep(summary: pd.DataFrame, task: str, sigma_y: float, path,
         _log_x(ax, sel.loc[sel["nfe_budget"] > 0, "nfe"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{_task_label(task)} — σ_y = {sigma_y:g}")
+    fig.suptitle(f"{task_label(task)} — σ_y = {sigma_y:g}")
     return _save(fig, path)
 
 
@@ -296,7 +298,7 @@ def plot_qualitative(images: Mapping[str, Mapping[str, np.ndarray]], path,
             if i == 0:
                 ax.set_title(titles.get(col, col), fontsize=8)
             if j == 0:
-                ax.set_ylabel(_task_label(task), fontsize=8)
+                ax.set_ylabel(task_label(task), fontsize=8)
             if col not in row:  # blank cell; spines hidden rather than axis off, keeping labels
                 for s in ax.spines.values():
                     s.set_visible(False)
