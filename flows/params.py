@@ -9,9 +9,9 @@ map): with ``storage.ingest(..., intensity=(0, 1))`` a physical σ of 0.025 is a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["OperatorSpec", "NoiseSpec", "SolverSpec", "ExecutionSpec", "IngestParams", "ReconstructParams",
            "AuditParams", "TrainParams", "BenchmarkParams", "BENCH_PRESETS", "SOLVER_NAMES", "PAPER_TASKS"]
@@ -28,6 +28,10 @@ def _check_device(v: str) -> str:
     if not (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()) or v == "mps"):
         raise ValueError(f"device={v!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return v
+
+
+#: a torch device name, checked on entry
+Device = Annotated[str, AfterValidator(_check_device)]
 
 
 class _Model(BaseModel):
@@ -99,7 +103,7 @@ class ExecutionSpec(_Model):
     """Where and how tasks run (none of this changes the result, except ``batch_size``/``dtype``,
     which are part of the output's configuration hash)."""
 
-    device: str = Field("cpu", description="'cpu', 'cuda' or 'cuda:N'")
+    device: Device = Field("cpu", description="'cpu', 'cuda' or 'cuda:N'")
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     batch_size: int = Field(4, ge=1, le=1024, description="tiles per network call")
     max_workers: int = Field(1, ge=1, le=64, description="concurrent batch tasks (bounded thread pool)")
@@ -109,10 +113,6 @@ class ExecutionSpec(_Model):
     gpu_limit: Optional[str] = Field("gpu", description="Prefect global concurrency limit guarding the device (cuda only)")
     retries: int = Field(1, ge=0, le=10)
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return _check_device(v)
 
     @model_validator(mode="after")
     def _one_cluster(self):
@@ -247,15 +247,11 @@ class BenchmarkParams(_Model):
         default_factory=dict, description="per-solver constructor overrides, e.g. {'ddiff': {'gamma0': 5.0}}")
     nonlinear_blur_weights: Optional[str] = Field(None, description="bkse GOPRO_wVAE.pth (nonlinear blur runs only with it)")
     seed: int = Field(0, ge=0)
-    device: str = "cpu"
+    device: Device = "cpu"
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     gpu_limit: Optional[str] = Field("gpu", description="Prefect global concurrency limit each cell holds on CUDA")
     overwrite: bool = Field(False, description="discard finished cells of a different configuration in out")
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        return _check_device(v)
 
     @model_validator(mode="after")
     def _names(self):

@@ -146,6 +146,8 @@ def test_params_name_the_problem():
         BenchmarkParams(preset="smoke", tasks=["denoise"])
     with pytest.raises(ValidationError, match="images"):
         BenchmarkParams(preset="paper")
+    with pytest.raises(ValidationError, match="device"):
+        BenchmarkParams(preset="smoke", device="gpu0")
     r = BenchmarkParams(preset="cpu", nfe=20).resolved()
     assert r["nfe"] == 20 and r["size"] == 64 and r["images"] is None
 
