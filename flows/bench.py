@@ -32,7 +32,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -95,21 +94,17 @@ def _skipped_tasks(r: dict, channels: int) -> dict[str, str]:
 @functools.lru_cache(maxsize=4)
 def _images(images: str | None, size: int, n: int, channels: int, tune: int) -> tuple:
     """``(x_eval, names, x_tune)``: evaluation images and TV-tuning crops, ``(N, C, size, size)``."""
-    from storage.bench_store import load_eval_images
+    from storage.bench_store import load_eval_images, match_channels
     from storage.sample_data import crops, sample_images
 
     train, held, _ = sample_images()
-    x_tune = _channels(crops(train, tune, size, seed=1), channels)
+    x_tune = match_channels(crops(train, tune, size, seed=1), channels)
     if images is None:
-        x = _channels(crops(held, n, size, seed=2), channels)
+        x = match_channels(crops(held, n, size, seed=2), channels)
         names = [f"heldout{i}" for i in range(n)]
     else:
         x, names = load_eval_images(images, size, n, channels)
     return torch.from_numpy(x), names, torch.from_numpy(x_tune)
-
-
-def _channels(x: np.ndarray, channels: int) -> np.ndarray:
-    return np.repeat(x, channels, axis=1) if x.shape[1] != channels else x
 
 
 def _operator(task: str, size: int, weights: str | None, device: str):

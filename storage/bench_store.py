@@ -28,7 +28,7 @@ import numpy as np
 from .safety import (ConfigMismatchError, RunLock, atomic_write_json, canonical_hash, read_json, require_lock,
                      safe_subpath)
 
-__all__ = ["BenchmarkStore", "put_cell", "cell_key", "METRICS", "RECORD_COLUMNS", "load_eval_images"]
+__all__ = ["BenchmarkStore", "put_cell", "cell_key", "METRICS", "RECORD_COLUMNS", "load_eval_images", "match_channels"]
 
 #: per-image quality and data-fit metrics of a record
 METRICS = ("psnr", "ssim", "lpips", "chi2_nu", "residual")
@@ -145,6 +145,18 @@ def to_dataset(df):
     return ds
 
 
+def match_channels(x: np.ndarray, channels: int, what: str = "images") -> np.ndarray:
+    """``(N, C, H, W)`` images with ``channels`` channels: grayscale repeated for an RGB prior,
+    colour averaged for a grayscale one; anything else is an error naming ``what``."""
+    if x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1:
+        return np.repeat(x, channels, axis=1)
+    if channels == 1:
+        return x.mean(axis=1, keepdims=True)
+    raise ValueError(f"{what}: images have {x.shape[1]} channels but the prior takes {channels}")
+
+
 def load_eval_images(source: str | os.PathLike, size: int, n: int, channels: int) -> tuple[np.ndarray, list[str]]:
     """The user's evaluation images as float32 ``(n, channels, size, size)`` in ``[−1, 1]``.
 
@@ -169,14 +181,7 @@ def load_eval_images(source: str | os.PathLike, size: int, n: int, channels: int
         if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise ValueError(f"{source}: float images must be finite and lie in [0, 1]; rescale them first")
     top, left = (H - size) // 2, (W - size) // 2
-    x = x[:, :, top:top + size, left:left + size]
-    if x.shape[1] != channels:
-        if x.shape[1] == 1:
-            x = np.repeat(x, channels, axis=1)
-        elif channels == 1:
-            x = x.mean(axis=1, keepdims=True)
-        else:
-            raise ValueError(f"{source}: images have {x.shape[1]} channels but the prior takes {channels}")
+    x = match_channels(x[:, :, top:top + size, left:left + size], channels, str(source))
     names = [Path(f).stem for f in getattr(reader, "files", [])][:n] if getattr(reader, "kind", "") == "folder" else []
     names = names if len(names) == n else [f"{Path(source).stem}[{i}]" for i in range(n)]
     return np.ascontiguousarray(2.0 * x - 1.0, dtype=np.float32), names
