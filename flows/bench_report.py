@@ -1,6 +1,7 @@
 """Benchmark report: summary statistics, paper-style markdown tables and PNG figures.
 
-Room: ``flows`` — pandas, numpy, scipy, matplotlib only (no torch, nothing else from ``flows``).
+Room: ``flows`` — pandas, numpy, scipy, matplotlib, and ``storage.safety.atomic_write`` for every file
+(no torch, nothing else from ``flows``).
 Figures are drawn on ``matplotlib.figure.Figure`` objects rendered by the Agg canvas, so importing
 this module never changes the global pyplot backend.
 
@@ -16,9 +17,7 @@ residual`` and cost columns ``nfe, runs, seconds, floor_seconds`` (see :func:`su
 """
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
+
+from storage.safety import atomic_write
 
 __all__ = ["summarize", "mean_ci95", "task_label", "markdown_table", "table1_markdown", "table2_markdown", "timing_markdown",
            "plot_noise_sweep", "plot_nfe_sweep", "plot_qualitative", "write_report"]
@@ -192,24 +193,10 @@ def timing_markdown(summary: pd.DataFrame, sigma_y: float, nfe_budget: int) -> s
     return f"σ_y = {sigma_y:g}, NFE budget {nfe_budget}\n\n" + markdown_table(header, rows)
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> str:
-    """Call ``write(tmp)`` on a temp file next to ``path``, then move it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return str(path)
-
-
 def _save(fig: Figure, path) -> str:
     FigureCanvasAgg(fig)
     fig.tight_layout()
-    return _atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def _log_x(ax, xs) -> None:
@@ -332,9 +319,9 @@ def write_report(folder, df: pd.DataFrame, *, sigma_y: float, nfe_budget: int,
     out: dict[str, str] = {}
 
     def text(name: str, content: str) -> None:
-        out[name] = _atomic(folder / name, lambda tmp: Path(tmp).write_text(content, "utf-8"))
+        out[name] = atomic_write(folder / name, lambda tmp: Path(tmp).write_text(content, "utf-8"))
 
-    out["summary.csv"] = _atomic(folder / "summary.csv", lambda t: summary.to_csv(t, index=False))
+    out["summary.csv"] = atomic_write(folder / "summary.csv", lambda t: summary.to_csv(t, index=False))
     sections = {"table1.md": ("Table 1 — methods", table1_markdown(summary, sigma_y, nfe_budget)),
                 "table2.md": ("Table 2 — ablation", table2_markdown(summary, sigma_y, nfe_budget)),
                 "timing.md": ("Timing", timing_markdown(summary, sigma_y, nfe_budget))}

@@ -191,7 +191,7 @@ class TrainParams(_Model):
 
 
 #: the benchmark's solvers: the seven diffusion solvers and the TV-regularized classical baseline
-_BENCH_SOLVERS = ("ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps", "diffpir", "daps", "tv")
+_BENCH_SOLVERS = (*SOLVER_NAMES, "tv")
 #: the benchmark's presets (``ddiff bench --preset``); any field given explicitly overrides them.
 #: ``cpu`` is sized to finish in under 30 minutes on a 2-core CPU with the embedded prior.
 BENCH_PRESETS: dict[str, dict[str, Any]] = {

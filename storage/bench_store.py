@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .safety import (ConfigMismatchError, RunLock, atomic_write_json, canonical_hash, read_json, require_lock,
-                     safe_subpath)
+from .safety import (ConfigMismatchError, RunLock, atomic_write, atomic_write_json, canonical_hash, read_json,
+                     require_lock, safe_subpath)
 
 __all__ = ["BenchmarkStore", "put_cell", "cell_key", "METRICS", "RECORD_COLUMNS", "load_eval_images", "match_channels"]
 
@@ -105,16 +105,13 @@ class BenchmarkStore:
         import pandas as pd
 
         df = pd.DataFrame.from_records(records, columns=list(RECORD_COLUMNS))
-        csv = self.folder / "results.csv"
-        tmp = csv.with_name(f".{csv.name}.tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, csv)
+        csv = atomic_write(self.folder / "results.csv", lambda tmp: df.to_csv(tmp, index=False))
         zpath = self.folder / "results.zarr"
         tmpz = self.folder / f".results.{uuid.uuid4().hex[:8]}.zarr"
         to_dataset(df).to_zarr(tmpz, mode="w", consolidated=False)
         shutil.rmtree(zpath, ignore_errors=True)
         os.replace(tmpz, zpath)
-        return {"results.csv": str(csv), "results.zarr": str(zpath)}
+        return {"results.csv": csv, "results.zarr": str(zpath)}
 
 
 def _cell_path(folder, key: str, suffix: str) -> Path:
@@ -127,11 +124,11 @@ def put_cell(folder: str | os.PathLike, run_id: str, key: str, records: list[dic
     ``records`` and optionally a ``preview`` image; the JSON is written last (it marks the cell done)."""
     require_lock(folder, run_id)
     if preview is not None:
-        path = _cell_path(folder, key, ".npy")
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(preview, dtype=np.float32))
-        os.replace(tmp, path)
+        def save(tmp: str) -> None:  # through a handle: np.save would append ".npy" to a path
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.asarray(preview, dtype=np.float32))
+
+        atomic_write(_cell_path(folder, key, ".npy"), save)
     atomic_write_json(_cell_path(folder, key, ".json"), {"key": key, "records": records})
 
 

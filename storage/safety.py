@@ -26,11 +26,11 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "StorageError", "StoreExistsError", "ConfigMismatchError", "LockError", "NonFiniteError",
-    "SourceError", "safe_subpath", "atomic_write_json", "read_json", "canonical_hash",
+    "SourceError", "safe_subpath", "atomic_write", "atomic_write_json", "read_json", "canonical_hash",
     "file_sha256", "RunLock", "LOCK_NAME",
 ]
 
@@ -81,16 +81,31 @@ def safe_subpath(root: str | os.PathLike, relative: str) -> Path:
     return target
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same folder + fsync + replace)."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
+    """Call ``write(tmp)`` on a temp file in ``path``'s folder, then move it onto ``path``: readers see
+    the old file or the whole new one, never half. On failure the temp file is removed. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, sort_keys=True, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return str(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same folder + fsync + replace)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, sort_keys=True, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    atomic_write(path, write)
 
 
 def read_json(path: str | os.PathLike) -> Any:

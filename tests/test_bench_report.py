@@ -164,11 +164,13 @@ def test_plots_direct(tmp_path):
 
 
 def test_atomic_write_failure_leaves_nothing(tmp_path):
+    from storage.safety import atomic_write
+
     def boom(tmp):
         with open(tmp, "w") as f:
             f.write("half")
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        br._atomic(tmp_path / "x.md", boom)
+        atomic_write(tmp_path / "x.md", boom)
     assert list(tmp_path.iterdir()) == []
