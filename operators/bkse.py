@@ -3,7 +3,7 @@
 Room: ``operators`` — torch and numpy.
 
 An independent implementation of the architecture described in ``baselines_spec.md`` §7 and
-``shared/manifests/bkse_kernelwizard_gopro.json``: module names, parameter shapes and registration
+``tests/data/manifests/bkse_kernelwizard_gopro.json``: module names, parameter shapes and registration
 order reproduce the reference state dict key for key (159 tensors, 115,265,475 parameters), so
 the published checkpoint strict-loads. Only ``adapt_kernel`` (the paper's ``G``) is used by the
 forward model; the encoder ``kernel_extractor`` (``F``) exists so that strict loading works and is

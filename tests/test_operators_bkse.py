@@ -12,15 +12,11 @@ import operators as O
 from operators.bkse import WEIGHTS_ENV, KernelWizard, MissingWeightsError, state_dict_keys_sha256
 
 torch.set_num_threads(1)
-MANIFEST = Path("/work/shared/manifests/bkse_kernelwizard_gopro.json")
-if not MANIFEST.exists():  # the repository may be checked out elsewhere
-    MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "manifests" / "bkse_kernelwizard_gopro.json"
+MANIFEST = Path(__file__).parent / "data" / "manifests" / "bkse_kernelwizard_gopro.json"  # see data/README.md
 
 
 @pytest.fixture(scope="module")
 def manifest():
-    if not MANIFEST.exists():
-        pytest.skip(f"manifest not found at {MANIFEST}")
     return json.loads(MANIFEST.read_text())
 
 

@@ -15,9 +15,7 @@ from ddiff.priors import ADMConfig, ADMPrior, ADMUNet, CheckpointMismatchError, 
 from ddiff.priors.adm import AttentionBlock, timestep_embedding
 from ddiff.priors.loading import infer_config
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "manifests"
-if not MANIFESTS.is_dir():
-    MANIFESTS = Path("/work/shared/manifests")
+MANIFESTS = Path(__file__).parent / "data" / "manifests"  # vendored listings, provenance in data/README.md
 
 # tiny guided-diffusion-style config (32 groups, 64-channel heads as in the public models)
 TINY = dict(in_channels=3, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_ds=(2,),

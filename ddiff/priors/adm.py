@@ -4,7 +4,7 @@ Room: ``ddiff`` — pure torch; imports nothing from storage, flows, prefect, za
 
 :class:`ADMUNet` reproduces the parameter layout of OpenAI's ``guided_diffusion.unet.UNetModel``
 (unconditional, 2-D, ``conv_resample=True``) so that the public checkpoints load key for key
-(see ``shared/manifests/adm_*.json``). Conventions followed (the manifests' ``conventions``):
+(see ``tests/data/manifests/adm_*.json``). Conventions followed (the manifests' ``conventions``):
 
 * timestep embedding: ``freq_i = exp(−ln(10000)·i/half)``, ``emb = [cos(t·freq), sin(t·freq)]``
   (cosine first), ``t`` the original DDPM index as float32 (fractional ``t`` allowed);
