@@ -31,10 +31,7 @@ Contract for flows:
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +43,7 @@ from zarr.storage import LocalStore
 from .intensity import IntensityMap, PercentileSampler
 from .ome import AXES, ome_image_attrs, package_version
 from .readers import open_source
-from .safety import NonFiniteError, StorageError, StoreExistsError
+from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory
 
 __all__ = ["ingest", "open_stack", "Stack", "verify_stack", "INPUT_KIND"]
 
@@ -90,18 +87,6 @@ def _check_target(store: Path, overwrite: bool, kind: str) -> bool:
     return True
 
 
-def _swap_into_place(tmp: Path, store: Path, replace_old: bool) -> None:
-    if replace_old:
-        trash = store.with_name(f".{store.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(store, trash)
-        os.replace(tmp, store)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        if store.exists():  # empty folder
-            store.rmdir()
-        os.replace(tmp, store)
-
-
 def ingest(source, store, *, dataset: str | None = None, axes: str | None = None, chunk: int = 256,
            shard: int | str | None = "auto", compression: str | None = "blosc-zstd",
            intensity: str | tuple[float, float] = "percentile", percentiles: tuple[float, float] = (0.1, 99.9),
@@ -128,65 +113,61 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
     store = Path(store)
     replace_old = _check_target(store, overwrite, INPUT_KIND)
     reader = open_source(source, dataset=dataset, axes=axes)
-    tmp = store.with_name(f".{store.name}.ingest-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     t_start = time.perf_counter()
     try:
-        T, C, H, W = reader.shape
-        dtype = reader.dtype
-        if dtype.kind not in "uif" or dtype.itemsize > 8:
-            raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only)")
-        cy, cx = min(chunk, H), min(chunk, W)
-        shards = None if shard is None else (1, C, min(shard, -(-H // cy) * cy), min(shard, -(-W // cx) * cx))
-        root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3)
-        arr = root.create_array("0", shape=(T, C, H, W), dtype=dtype, chunks=(1, C, cy, cx), shards=shards,
-                                compressors=_compressors(compression, dtype), dimension_names=AXES,
-                                fill_value=0)
-        valid = None
-        sampler = PercentileSampler(T * C * H * W, max_samples)
-        data_hash = hashlib.sha256()
-        per_block = max(1, block_bytes // max(1, C * H * W * dtype.itemsize))
-        nonfinite_frames: list[int] = []
-        for t0 in range(0, T, per_block):
-            t1 = min(T, t0 + per_block)
-            block = reader.read(t0, t1)
-            if dtype.kind == "f":
-                fin = np.isfinite(block)
-                if not fin.all():
-                    bad = [t0 + int(i) for i in np.flatnonzero(~fin.reshape(t1 - t0, -1).all(axis=1))]
-                    if nonfinite == "refuse":
-                        raise NonFiniteError(f"{source}: frame(s) {bad[:10]} contain NaN/Inf; nothing was written. "
-                                             "Clean the data or pass nonfinite='mask' to store them with a "
-                                             "validity mask")
-                    nonfinite_frames += [int(b) for b in bad]
-                    if valid is None:
-                        valid = root.create_array("valid", shape=(T, C, H, W), dtype=bool, chunks=(1, C, cy, cx),
-                                                  compressors=_compressors("zstd", np.dtype(bool)),
-                                                  dimension_names=AXES, fill_value=True)
-                    valid[t0:t1] = fin
-            sampler.add(block)
-            data_hash.update(np.ascontiguousarray(block))
-            arr[t0:t1] = block
-            del block
-        imap = _intensity_map(intensity, percentiles, sampler, dtype)
-        meta = {
-            "kind": INPUT_KIND,
-            "version": package_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "source": {"path": str((Path(source) if reader.kind == "folder" else reader.files[0]).resolve()),
-                       "kind": reader.kind, "dataset": getattr(reader, "dataset", None), "n_files": len(reader.files),
-                       "sha256": reader.checksum() if checksum else None, "shape": [T, C, H, W]},
-            "dtype": dtype.str,
-            "data_sha256": data_hash.hexdigest(),
-            "intensity": imap.to_dict(),
-            "nonfinite": {"policy": nonfinite, "frames": nonfinite_frames, "mask": "valid" if valid is not None else None},
-            "seconds": round(time.perf_counter() - t_start, 3),
-        }
-        root.attrs.update({"ome": ome_image_attrs(Path(store).name, pixel_size, space_unit, time_step, time_unit),
-                           "ddiff": meta})
-        _swap_into_place(tmp, store, replace_old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_directory(store, replace_old, "ingest") as tmp:
+            T, C, H, W = reader.shape
+            dtype = reader.dtype
+            if dtype.kind not in "uif" or dtype.itemsize > 8:
+                raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only)")
+            cy, cx = min(chunk, H), min(chunk, W)
+            shards = None if shard is None else (1, C, min(shard, -(-H // cy) * cy), min(shard, -(-W // cx) * cx))
+            root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3)
+            arr = root.create_array("0", shape=(T, C, H, W), dtype=dtype, chunks=(1, C, cy, cx), shards=shards,
+                                    compressors=_compressors(compression, dtype), dimension_names=AXES,
+                                    fill_value=0)
+            valid = None
+            sampler = PercentileSampler(T * C * H * W, max_samples)
+            data_hash = hashlib.sha256()
+            per_block = max(1, block_bytes // max(1, C * H * W * dtype.itemsize))
+            nonfinite_frames: list[int] = []
+            for t0 in range(0, T, per_block):
+                t1 = min(T, t0 + per_block)
+                block = reader.read(t0, t1)
+                if dtype.kind == "f":
+                    fin = np.isfinite(block)
+                    if not fin.all():
+                        bad = [t0 + int(i) for i in np.flatnonzero(~fin.reshape(t1 - t0, -1).all(axis=1))]
+                        if nonfinite == "refuse":
+                            raise NonFiniteError(f"{source}: frame(s) {bad[:10]} contain NaN/Inf; nothing was written. "
+                                                 "Clean the data or pass nonfinite='mask' to store them with a "
+                                                 "validity mask")
+                        nonfinite_frames += [int(b) for b in bad]
+                        if valid is None:
+                            valid = root.create_array("valid", shape=(T, C, H, W), dtype=bool, chunks=(1, C, cy, cx),
+                                                      compressors=_compressors("zstd", np.dtype(bool)),
+                                                      dimension_names=AXES, fill_value=True)
+                        valid[t0:t1] = fin
+                sampler.add(block)
+                data_hash.update(np.ascontiguousarray(block))
+                arr[t0:t1] = block
+                del block
+            imap = _intensity_map(intensity, percentiles, sampler, dtype)
+            meta = {
+                "kind": INPUT_KIND,
+                "version": package_version(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "source": {"path": str((Path(source) if reader.kind == "folder" else reader.files[0]).resolve()),
+                           "kind": reader.kind, "dataset": getattr(reader, "dataset", None), "n_files": len(reader.files),
+                           "sha256": reader.checksum() if checksum else None, "shape": [T, C, H, W]},
+                "dtype": dtype.str,
+                "data_sha256": data_hash.hexdigest(),
+                "intensity": imap.to_dict(),
+                "nonfinite": {"policy": nonfinite, "frames": nonfinite_frames, "mask": "valid" if valid is not None else None},
+                "seconds": round(time.perf_counter() - t_start, 3),
+            }
+            root.attrs.update({"ome": ome_image_attrs(Path(store).name, pixel_size, space_unit, time_step, time_unit),
+                               "ddiff": meta})
     finally:
         reader.close()
     return open_stack(store)

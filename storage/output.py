@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -56,7 +54,7 @@ from zarr.storage import LocalStore
 from .ingest import Stack, _compressors, _store_kind, open_stack
 from .intensity import IntensityMap
 from .ome import AXES, ome_image_attrs, package_version
-from .safety import (ConfigMismatchError, RunLock, StorageError, StoreExistsError, atomic_write_json,
+from .safety import (ConfigMismatchError, RunLock, StorageError, StoreExistsError, atomic_directory, atomic_write_json,
                      canonical_hash, read_json, require_lock, safe_subpath)
 from .tiling import Tile, TilePlan
 
@@ -214,21 +212,8 @@ def create_output(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
         # breaks a stale one; the lock file leaves with the old folder
         RunLock(path).acquire()
         replace_old = True
-    tmp = path.with_name(f".{path.name}.create-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_directory(path, replace_old, "create") as tmp:
         _build_output(tmp, stack, plan, scale, manifest)
-        if replace_old:
-            trash = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            if path.exists():
-                path.rmdir()
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return open_output(path)
 
 

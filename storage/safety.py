@@ -10,6 +10,8 @@ Contract for callers (flows):
 * :func:`safe_subpath` is how any *relative* path coming from a config (a group name, an HDF5
   dataset, a member array) is joined to the store it names — absolute paths and ``..`` escapes are
   rejected, symlinks are resolved and must stay inside the root;
+* :func:`atomic_directory` builds a whole store in a hidden sibling folder and swaps it into place
+  only when it is complete, so ``path`` is absent, the old complete store, or the new complete one;
 * :func:`atomic_write_json` writes ``path`` through a temporary file + ``os.replace`` so a reader
   sees either the old or the new complete file, never a torn one (the ledger relies on this);
 * :class:`RunLock` is an ``O_CREAT | O_EXCL`` lock file ``<store>/.ddiff.lock`` holding
@@ -22,15 +24,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 __all__ = [
     "StorageError", "StoreExistsError", "ConfigMismatchError", "LockError", "NonFiniteError",
-    "SourceError", "safe_subpath", "atomic_write", "atomic_write_json", "read_json", "canonical_hash",
+    "SourceError", "safe_subpath", "atomic_write", "atomic_directory", "atomic_write_json", "read_json", "canonical_hash",
     "file_sha256", "RunLock", "LOCK_NAME",
 ]
 
@@ -94,6 +98,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
         tmp.unlink(missing_ok=True)
         raise
     return str(path)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, replace_old: bool, label: str = "tmp") -> Iterator[Path]:
+    """Yield a fresh hidden sibling folder path ``.<name>.<label>-<pid>-<hex>`` to build a store in;
+    when the block ends normally, swap it into ``path``.
+
+    ``replace_old``: ``path`` holds an old store to replace — it is renamed aside, the new folder
+    renamed in, then the old one deleted (a reader sees the old or the new store, never a mix).
+    Otherwise ``path`` must be absent or an empty folder (removed first). Deciding whether an
+    existing ``path`` may be replaced is the caller's job. On any exception the temporary folder is
+    deleted and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if replace_old:
+            trash = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, trash)
+            os.replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            if path.exists():  # an empty folder
+                path.rmdir()
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -310,6 +310,29 @@ def test_safe_subpath(tmp_path):
         storage.safe_subpath(root, "link/secret")
 
 
+def test_atomic_directory_swaps_whole_folders_and_cleans_up(tmp_path):
+    from storage.safety import atomic_directory
+
+    target = tmp_path / "s.zarr"
+    target.mkdir()  # an empty folder is replaced without replace_old
+    with atomic_directory(target, replace_old=False, label="t") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".s.zarr.t-") and not tmp.exists()
+        tmp.mkdir()
+        (tmp / "v").write_text("1")
+    assert (target / "v").read_text() == "1"
+    with pytest.raises(RuntimeError, match="boom"):  # a failed build leaves the old store untouched
+        with atomic_directory(target, replace_old=True) as tmp:
+            tmp.mkdir()
+            (tmp / "v").write_text("2")
+            raise RuntimeError("boom")
+    assert (target / "v").read_text() == "1"
+    with atomic_directory(target, replace_old=True) as tmp:
+        tmp.mkdir()
+        (tmp / "v").write_text("3")
+    assert (target / "v").read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # no temp or old folder left
+
+
 def _dask_tile_task(in_store: str, out_path: str, frame: int, k: int, run_id: str) -> tuple[int, int]:
     """What a Prefect/Dask task does: receives descriptors only, opens the stores itself."""
     plan = storage.open_output(out_path).plan
