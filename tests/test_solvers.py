@@ -183,15 +183,51 @@ def test_tv_reconstruction_is_a_working_classical_baseline():
         TVReconstruction(weight=-1)
 
 
-def test_dps_uses_the_learned_variance_of_an_adm_prior():
+def _adm_prior(v0: float | None):
+    """A compact ADM prior (1 channel, 16×16) with a non-trivial ε head; ``v0``: the learned-range
+    channel is the constant ``v0`` (``None``: no learned variance, same ε weights)."""
     from ddiff.priors import ADMPrior, ADMUNet
 
     torch.manual_seed(0)
     net = ADMUNet.from_preset("compact", learn_sigma=True, image_size=16).eval()
-    prior = ADMPrior(net)
+    with torch.no_grad():
+        net.out[2].weight[:1].normal_(0, 0.05)  # ε channel (zero-initialised otherwise)
+        net.out[2].weight[1:].zero_()
+        net.out[2].bias[1:] = 0.0 if v0 is None else v0
+    if v0 is None:
+        plain = ADMUNet.from_preset("compact", learn_sigma=False, image_size=16).eval()
+        sd = net.state_dict()
+        sd["out.2.weight"], sd["out.2.bias"] = sd["out.2.weight"][:1], sd["out.2.bias"][:1]
+        plain.load_state_dict(sd)
+        net = plain
+    return ADMPrior(net)
+
+
+def test_dps_uses_the_learned_variance_of_an_adm_prior():
+    """Two DPS steps (t = 999 → 0 → done): the first adds noise of variance
+    ``σ² = exp(f log β + (1−f) log β̃)``, ``f = (v+1)/2``. Same seeds, so the first iterates of runs
+    with different ``v`` differ only by ``(σ(v) − σ(v'))·z``: their ratios are schedule numbers."""
     A = get_operator("inpainting_random", prob=0.5, seed=0, image_size=16)
     noise = GaussianNoise(0.05)
     y = noise.sample(A(torch.zeros(1, 1, 16, 16)), torch.Generator().manual_seed(0))
-    seen = []
-    r = DPS(prior, steps=5, zeta=0.5).solve(y, A, noise, generator=torch.Generator().manual_seed(0), callback=seen.append)
-    assert r.nfe == 5 == r.nfe_with_grad and torch.isfinite(r.x).all() and len(seen) == 5
+
+    def first_iterate(prior):
+        seen = []
+        r = DPS(prior, steps=2, zeta=0.5).solve(y, A, noise, generator=torch.Generator().manual_seed(0),
+                                                callback=seen.append)
+        assert r.nfe == 2 == r.nfe_with_grad and torch.isfinite(r.x).all()
+        return seen[0]["x_t"].double(), r.x
+
+    x_lo, end_lo = first_iterate(_adm_prior(-1.0))  # f = 0: the posterior variance β̃
+    x_plain, end_plain = first_iterate(_adm_prior(None))  # no learned variance: β̃ as well
+    torch.testing.assert_close(end_lo, end_plain, rtol=0, atol=1e-4)  # float32 network, float64 schedule
+    torch.testing.assert_close(x_lo, x_plain, rtol=0, atol=1e-4)
+    x_mid, _ = first_iterate(_adm_prior(0.0))
+    x_hi, _ = first_iterate(_adm_prior(1.0))  # f = 1: β
+    sched = _adm_prior(None).schedule
+    ab, ab_prev = sched.abar(999), sched.abar(0)
+    beta = 1 - ab / ab_prev
+    beta_t = beta * (1 - ab_prev) / (1 - ab)
+    expect = (beta**0.5 - beta_t**0.5) / ((beta * beta_t) ** 0.25 - beta_t**0.5)  # ≈ 11 here
+    ratio = ((x_hi - x_lo).flatten() @ (x_mid - x_lo).flatten()) / (x_mid - x_lo).flatten().square().sum()
+    assert ratio.item() == pytest.approx(expect, rel=1e-3)
