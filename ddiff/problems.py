@@ -5,7 +5,9 @@ Room: ``ddiff`` — pure torch (+ ``operators``).
 :func:`linear_gaussian_problem` draws images from a Gaussian prior with a squared-exponential
 covariance, measures them through a linear operator with Gaussian noise, and returns the exact
 posterior — the Bayes limit any solver can be compared with. :func:`gmm_problem` does the same for
-a two-component mixture with well-separated modes. Everything is seeded and float64.
+a two-component mixture with well-separated modes. :func:`reference_accuracy` runs a baseline
+(DPS, DiffPIR, DAPS) at the reference setting of the paper task a problem stands for
+(:data:`REFERENCE_TASK`). Everything is seeded and float64.
 """
 from __future__ import annotations
 
@@ -17,7 +19,11 @@ from operators import GaussianNoise, get_operator
 
 from .priors.exact import GaussianPrior, GMMPrior, operator_matrix, se_covariance
 
-__all__ = ["ExactProblem", "linear_gaussian_problem", "gmm_problem", "small_operator"]
+__all__ = ["ExactProblem", "linear_gaussian_problem", "gmm_problem", "small_operator", "REFERENCE_TASK",
+           "reference_accuracy"]
+
+#: the paper task whose reference setting (``DPS.reference(task)`` etc.) each small operator stands for
+REFERENCE_TASK = {"mask": "inpainting_random", "blur": "gaussian_blur"}
 
 
 @dataclass
@@ -74,3 +80,17 @@ def gmm_problem(size: int = 8, draws: int = 32, sigma_y: float = 0.05, separatio
     y = noise.sample(A(x), g)
     post = prior.posterior(y.reshape(draws, -1), operator_matrix(A, shape), sigma_y)
     return ExactProblem(prior, A, noise, x, y, post)
+
+
+def reference_accuracy(operator: str, solver_cls, problem_seed: int = 0, solver_seed: int = 1,
+                       draws: int = 8) -> tuple[float, float]:
+    """``(psnr, bayes_psnr)`` in dB, averaged over ``draws`` 16×16 images: ``solver_cls`` (a class
+    with ``reference(task)``: DPS, DiffPIR, DAPS) at the reference setting of
+    ``REFERENCE_TASK[operator]`` on :func:`linear_gaussian_problem` ``(operator, seed=problem_seed)``,
+    and the exact posterior mean (the Bayes limit in PSNR) on the same problem."""
+    from .metrics import psnr
+
+    P = linear_gaussian_problem(operator, draws=draws, seed=problem_seed)
+    solver = solver_cls(P.prior, **solver_cls.reference(REFERENCE_TASK[operator]))
+    r = solver.solve(P.y, P.operator, P.noise, generator=torch.Generator().manual_seed(solver_seed))
+    return psnr(r.x, P.x).mean().item(), psnr(P.posterior.mean, P.x).mean().item()

@@ -15,7 +15,8 @@ for the annealing levels ``σ_0 = 100 > … > σ_{N−1} > σ_N = 0`` (EDM poly-
 with ``η = lr (1 + (i/(N+1))(lr_min_ratio − 1))``. DAPS-1K: N = 200, N_ode = 5 (1000 NFE),
 τ = 0.01; per-task K and lr from ``baselines_spec.md`` §5.5. No network gradients are taken.
 For non-Gaussian noise the data term generalises to ``2 σ_eff² nll(y, A(x))/τ²``. A sample whose
-Langevin chain turns non-finite is reset to zeros, as the reference does, and reported in the trace.
+Langevin chain turns non-finite is reset to zeros and stays there for the rest of that annealing
+step (the reference's early stop on NaN, per sample), and is reported in the trace (``reset``).
 """
 from __future__ import annotations
 
@@ -70,6 +71,17 @@ class DAPS(Solver):
         t = net.schedule.timestep_for_sigma(sigma)
         return x - sigma * net.eps(x / math.sqrt(1 + sigma**2), t)
 
+    @staticmethod
+    def _reset_diverged(xm: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+        """Mark the chains of ``xm`` ``(B, C, H, W)`` that turned non-finite (or were already marked in
+        ``bad`` ``(B,)``) and set them to zeros in place — the reference's early stop on NaN, per
+        sample, checked after every Langevin step so that the operator never sees a non-finite
+        input. Returns the updated ``bad``."""
+        bad = bad | ~torch.isfinite(xm.reshape(xm.shape[0], -1)).all(1)
+        if bad.any():
+            xm[bad] = 0.0
+        return bad
+
     def _run(self, net, y, operator, noise, x_shape, generator, emit):
         dt = y.real.dtype if y.is_complex() else y.dtype
         N = self.annealing_steps
@@ -86,15 +98,14 @@ class DAPS(Solver):
             # Langevin MCMC on p(x0 | x_σ, y) ∝ exp(−data(x)) N(x; x̂0, σ_i² I)
             eta = self.lr * (1 + (i / (N + 1)) * (self.lr_min_ratio - 1))
             xm = x0.clone()
+            bad = self._reset_diverged(xm, torch.zeros(xm.shape[0], dtype=torch.bool, device=xm.device))
             for _ in range(self.mcmc_steps):
                 with torch.enable_grad():
                     xv = xm.detach().requires_grad_(True)
                     (g,) = torch.autograd.grad((data_weight * noise.nll(y, operator(xv))).sum(), xv)
                 score = -g + (x0 - xm) / sigma**2
                 xm = xm + eta * score + math.sqrt(2 * eta) * randn(x_shape, generator, dt, y.device)
-            bad = ~torch.isfinite(xm.reshape(xm.shape[0], -1)).all(1)
-            if bad.any():
-                xm[bad] = 0.0
+                bad = self._reset_diverged(xm, bad)
             x = xm + sigmas[i + 1] * randn(x_shape, generator, dt, y.device) if sigmas[i + 1] > 0 else xm
             emit({"i": i, "sigma": sigma, "lr": eta, "x0hat": x0, "x0y": xm, "reset": int(bad.sum())})
         return x
