@@ -12,10 +12,13 @@ Conventions (``ddiff_algorithm.md``, ``baselines_spec.md``):
 * **Equal NFE.** One budget ``nfe`` configures every diffusion solver: DDiff, its ablations and
   DPS run ``nfe`` respaced steps; DiffPIR ``nfe + 1`` (its last timestep, t = 0, needs no network
   call); DAPS ``nfe / ode_steps`` annealing steps of ``ode_steps`` network calls (DAPS-1K =
-  200 × 5). Hyperparameters are the paper's appendix A.5 for DDiff and the PnP ablations, the
-  reference's constant step for DDiff-HQS (``a = b = 1``, ``γ₀ = 90``, :data:`DDIFF_HQS_REFERENCE`)
-  and the reference configs for the baselines; a task without a reference setting uses the
-  documented fallback in :data:`BASELINE_FALLBACK`. Overrides replace any of them.
+  200 × 5). Hyperparameters are the paper's appendix A.5 for DDiff and its three ablations
+  (``ddiff_hqs`` is :class:`DDiffHQS` with ``DDiff.paper(task)``, the a/b step-down, as in the CLI
+  and the flows) and the reference configs for the baselines; a task without a reference setting
+  uses the documented fallback in :data:`BASELINE_FALLBACK`. Overrides replace any of them: the
+  reference implementation's constant-step DDiff-HQS is :data:`DDIFF_HQS_REFERENCE`, chosen with
+  ``--set ddiff_hqs.a=1 --set ddiff_hqs.b=1 --set ddiff_hqs.gamma0=90`` (the committed
+  ``benchmarks/results/bench_cpu*`` runs predate this and used it, see their README).
 * **Metrics per image**: PSNR, SSIM, LPIPS (NaN when AlexNet weights are absent), χ²_ν and the
   paper's residual ``|‖y − A(x̂)‖²/m − σ_y²|`` (:func:`image_metrics`).
 * **Best of R** (phase retrieval, R = 5 in the paper): R seeded runs, and per image the run with
@@ -47,7 +50,8 @@ SOLVERS = {"ddiff": DDiff, "ddiff_hqs": DDiffHQS, "diffpnp_admm": DiffPnPADMM, "
 DIFFUSION_SOLVERS = tuple(n for n in SOLVERS if n != "tv")
 #: the paper's Table 2 (dual variable × noising step)
 ABLATION = ("ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs")
-#: the reference implementation's DDiff-HQS ablation: a constant step of 90 on the normalized gradient
+#: the reference implementation's DDiff-HQS ablation: a constant step of 90 on the normalized gradient.
+#: Not a default: pass it as overrides (``--set ddiff_hqs.a=1 --set ddiff_hqs.b=1 --set ddiff_hqs.gamma0=90``)
 DDIFF_HQS_REFERENCE = dict(a=1.0, b=1.0, gamma0=90.0)
 #: settings for tasks the baselines' reference configs do not cover (their deblurring values)
 BASELINE_FALLBACK = {"dps": dict(zeta=0.3), "diffpir": dict(lambda_=7.0, zeta=0.3)}
@@ -79,8 +83,6 @@ def solver_kwargs(name: str, task: str, nfe: int, dataset: str = "ffhq", overrid
     cls = SOLVERS[name]
     if name in ABLATION:
         kw = cls.paper(task, dataset) | dict(steps=nfe)
-        if name == "ddiff_hqs":
-            kw.update(DDIFF_HQS_REFERENCE)
     elif name == "dps":
         kw = dict(zeta=DPS_SCALES.get(task, BASELINE_FALLBACK["dps"]["zeta"]), steps=nfe)
     elif name == "diffpir":

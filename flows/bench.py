@@ -191,8 +191,12 @@ def benchmark(params: BenchmarkParams, artifacts: bool = True, command: str | No
     cells = plan_cells(r, skipped)
     # what defines the results (not where they go, nor whether to overwrite): a retrained prior
     # saved under the same path is another configuration, so its bytes are part of it
+    # and so are the solver keywords each cell resolves to (TV's tuned weight aside): when what a
+    # solver name means changes, a rerun into an old folder is refused instead of mixing the two
+    settings = {cell_key(**c): B.solver_kwargs(c["solver"], c["task"], max(c["nfe_budget"], 1), r["dataset"],
+                                               r["hyperparameters"].get(c["solver"], {})) for c in cells}
     store_config = {k: v for k, v in r.items() if k not in ("out", "overwrite", "gpu_limit")} | {
-        "cells": cells, "prior_sha256": _prior_sha256(r["prior"])}
+        "cells": cells, "settings": settings, "prior_sha256": _prior_sha256(r["prior"])}
     cfg_json = json.dumps(r, sort_keys=True, default=str)
     t_start = time.time()
     with BenchmarkStore(r["out"], store_config, overwrite=r["overwrite"]) as store:

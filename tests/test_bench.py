@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ddiff import DDiff
 from ddiff import benchmarking as B
 from ddiff.priors import GaussianPrior
 from ddiff.priors.exact import se_covariance
@@ -40,8 +41,11 @@ def test_solver_kwargs_follow_the_paper_and_references():
     k = B.solver_kwargs("ddiff", "motion_blur", 50)
     assert (k["gamma0"], k["t0"], k["noising"], k["steps"]) == (2.9, 80, "ancestral", 50)
     assert B.solver_kwargs("ddiff", "motion_blur", 50, dataset="imagenet")["gamma0"] == 1.5
+    # one meaning per name: ddiff_hqs is DDiffHQS with the paper's step policy, as in the CLI and flows
     hqs = B.solver_kwargs("ddiff_hqs", "super_resolution", 50)
-    assert (hqs["a"], hqs["b"], hqs["gamma0"], hqs["noising"]) == (1.0, 1.0, 90.0, "fresh")
+    assert hqs == DDiff.paper("super_resolution") | dict(steps=50)
+    ref = B.solver_kwargs("ddiff_hqs", "super_resolution", 50, overrides=B.DDIFF_HQS_REFERENCE)
+    assert (ref["a"], ref["b"], ref["gamma0"], ref["noising"]) == (1.0, 1.0, 90.0, "fresh")
     assert B.solver_kwargs("dps", "inpainting_box", 50)["zeta"] == 0.5
     assert B.solver_kwargs("dps", "hdr", 50)["zeta"] == B.BASELINE_FALLBACK["dps"]["zeta"]
     assert B.solver_kwargs("daps", "motion_blur", 1000) == dict(
