@@ -116,6 +116,7 @@ def poisson_deviance_moments(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def noise_kind(noise) -> str:
+    """``"gaussian"``, ``"poisson"``, ``"poisson_gaussian"`` or ``"other"`` for an ``operators`` noise model."""
     name = type(noise).__name__
     if name == "PoissonGaussianNoise":
         return "poisson_gaussian"
