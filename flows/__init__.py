@@ -21,6 +21,10 @@ task of ours lives in ``flows``, so a worker always imports it before ``storage`
 a task) puts the folder holding our packages on ``sys.path``: a regular package anywhere on
 ``sys.path`` wins over a namespace portion, so the real ``storage`` is found whatever the worker's
 directory is. A wrongly resolved namespace ``storage`` already in ``sys.modules`` is dropped.
+Moving the scratch directory does not help: ``distributed`` (2026.8, ``core.py``) inserts whatever
+``local_directory`` a worker gets at ``sys.path[0]`` and its spill buffer is always
+``<local_directory>/storage`` (``worker_memory.py``); only disabling spilling or a non-editable
+install would, so the guard stays (held by ``tests/test_flows.py::test_dask_worker_imports_the_real_storage_package``).
 """
 from __future__ import annotations
 
