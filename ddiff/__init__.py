@@ -4,11 +4,11 @@ Room: ``ddiff`` — pure torch (+ ``operators``). Never imports storage, flows, 
 """
 from . import metrics
 from .schedule import VPSchedule
-from .solvers import DAPS, DPS, DDiff, DDiffHQS, DiffPIR, DiffPnPADMM, DiffPnPHQS, Result, Solver, TVReconstruction
+from .solvers import DAPS, DPS, DDiff, DDiffHQS, DiffPIR, DiffPnPADMM, DiffPnPHQS, Result, SeedMean, Solver, TVReconstruction
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VPSchedule", "Result", "Solver", "DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "DPS",
-    "DiffPIR", "DAPS", "TVReconstruction", "metrics", "__version__",
+    "DiffPIR", "DAPS", "TVReconstruction", "SeedMean", "metrics", "__version__",
 ]

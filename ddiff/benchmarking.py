@@ -44,8 +44,9 @@ __all__ = ["TASKS", "SOLVERS", "DIFFUSION_SOLVERS", "ABLATION", "DDIFF_HQS_REFER
 
 #: the paper's eight tasks, in the order of its Table 1
 TASKS = tuple(PAPER_HYPERPARAMETERS)
-#: solver name -> class; ``tv`` is the classical TV-regularized baseline (no network)
-SOLVERS = {"ddiff": DDiff, "ddiff_hqs": DDiffHQS, "diffpnp_admm": DiffPnPADMM, "diffpnp_hqs": DiffPnPHQS,
+#: solver name -> class; ``ddiff`` runs the paper's per-task values (``DDiff.paper``), ``ddiff_auto``
+#: the self-calibrated default (``DDiff.auto``); ``tv`` is the classical TV-regularized baseline
+SOLVERS = {"ddiff": DDiff, "ddiff_auto": DDiff, "ddiff_hqs": DDiffHQS, "diffpnp_admm": DiffPnPADMM, "diffpnp_hqs": DiffPnPHQS,
            "dps": DPS, "diffpir": DiffPIR, "daps": DAPS, "tv": TVReconstruction}
 DIFFUSION_SOLVERS = tuple(n for n in SOLVERS if n != "tv")
 #: the paper's Table 2 (dual variable × noising step)
@@ -83,6 +84,8 @@ def solver_kwargs(name: str, task: str, nfe: int, dataset: str = "ffhq", overrid
     cls = SOLVERS[name]
     if name in ABLATION:
         kw = cls.paper(task, dataset) | dict(steps=nfe)
+    elif name == "ddiff_auto":
+        kw = DDiff.auto(steps=nfe)  # self-calibrated: the same keywords for every task, σ_y and budget
     elif name == "dps":
         kw = dict(zeta=DPS_SCALES.get(task, BASELINE_FALLBACK["dps"]["zeta"]), steps=nfe)
     elif name == "diffpir":

@@ -38,13 +38,13 @@ TASK_LABELS = {
     "nonlinear_blur": "Nonlinear deblurring", "hdr": "HDR",
 }
 SOLVER_LABELS = {
-    "ddiff": "DDiff", "ddiff_hqs": "DDiff-HQS", "diffpnp_admm": "Diff-PnP-ADMM",
+    "ddiff": "DDiff", "ddiff_auto": "DDiff (auto)", "ddiff_hqs": "DDiff-HQS", "diffpnp_admm": "Diff-PnP-ADMM",
     "diffpnp_hqs": "Diff-PnP-HQS", "dps": "DPS", "diffpir": "DiffPIR", "daps": "DAPS", "tv": "TV",
 }
 COLUMN_LABELS = {"truth": "Ground truth", "measurement": "Measurement", **SOLVER_LABELS}
 TASK_ORDER = tuple(TASK_LABELS)
 SOLVER_ORDER = tuple(SOLVER_LABELS)
-TABLE1_SOLVERS = ("ddiff", "daps", "dps", "diffpir", "tv")
+TABLE1_SOLVERS = ("ddiff", "ddiff_auto", "daps", "dps", "diffpir", "tv")
 TABLE2_SOLVERS = ("ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs")
 METRICS = ("psnr", "ssim", "lpips", "chi2_nu", "residual", "seconds")
 KEYS = ["task", "solver", "sigma_y", "nfe_budget"]

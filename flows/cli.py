@@ -38,6 +38,19 @@ def _kv(items: list[str] | None, what: str) -> dict:
     return out
 
 
+def _solver_options(a) -> dict:
+    """``SolverSpec`` keywords from ``--solver``, ``--steps`` and ``--hp`` (``K=V`` overrides, or
+    the bare word ``auto`` / ``paper`` choosing the settings)."""
+    words = [h for h in a.hp or [] if "=" not in h]
+    bad = [w for w in words if w not in ("auto", "paper")]
+    if bad or len(words) > 1:
+        raise ValueError(f"--hp {(bad or words)[0]!r}: give --hp auto, --hp paper (once) or --hp key=value")
+    spec = {"name": a.solver, "steps": a.steps, "hyperparameters": _kv([h for h in a.hp or [] if "=" in h], "--hp")}
+    if words:
+        spec["settings"] = words[0]
+    return spec
+
+
 def _quiet_prefect(verbose: bool) -> None:
     """Silence Prefect's console handler unless ``--verbose`` (must run before prefect is imported).
     Only the *console* handler changes: the API log handler still ships the runs' logs to the
@@ -134,7 +147,7 @@ def _reconstruct_params(a) -> "flows.ReconstructParams":  # noqa: F821
     execution = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_workers": a.workers,
                  "torch_threads": a.threads, "dask_address": a.dask_address, "dask_workers": a.dask_workers,
                  "gpu_limit": a.gpu_limit}
-    solver = {"name": a.solver, "steps": a.steps, "hyperparameters": _kv(a.hp, "--hp")}
+    solver = _solver_options(a)
     return ReconstructParams(
         input_store=a.input, output_store=a.output,
         operator={"name": a.operator, "params": _kv(a.op_param, "--op-param")},
@@ -153,9 +166,11 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
     g.add_argument("--prior", default="default", help="'default' or a .safetensors/.pt checkpoint")
     g.add_argument("--solver", default="ddiff", choices=["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps",
                                                           "diffpir", "daps"])
-    g.add_argument("--steps", type=int, default=None if not demo else 100,
-                   help="diffusion steps (default: the paper's 1000" + (", demo: 100)" if demo else ")"))
-    g.add_argument("--hp", action="append", metavar="K=V", help="solver hyperparameter override, repeatable")
+    g.add_argument("--steps", type=int, default=None,
+                   help="diffusion steps = network calls per tile (default: 100; with --hp paper the paper's 1000)")
+    g.add_argument("--hp", action="append", metavar="K=V",
+                   help="solver settings: 'auto' (default: DDiff chooses its data step from the measurements, "
+                        "χ²_ν = 1), 'paper' (the paper's per-task values), or a key=value override; repeatable")
     g.add_argument("--seed", type=int, default=0)
     t = sp.add_argument_group("tiling and execution")
     t.add_argument("--tile", type=int, default=256 if not demo else 128,

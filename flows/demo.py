@@ -96,7 +96,7 @@ def run_demo(a) -> int:
     p = ReconstructParams(
         input_store=str(root / "input.zarr"), output_store=str(root / "recon.zarr"), operator=data["operator"],
         noise={"kind": "gaussian", "sigma": a.sigma}, prior=a.prior,
-        solver={"name": a.solver, "steps": a.steps, "hyperparameters": _hp(a)}, tile=a.tile, overlap=a.overlap,
+        solver=_solver_options(a), tile=a.tile, overlap=a.overlap,
         seed=a.seed, execution={"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size,
                                 "max_workers": a.workers, "torch_threads": a.threads, "dask_address": a.dask_address,
                                 "dask_workers": a.dask_workers, "gpu_limit": a.gpu_limit},
@@ -137,7 +137,7 @@ def run_demo(a) -> int:
     return 0
 
 
-def _hp(a) -> dict:
-    from .cli import _kv
+def _solver_options(a) -> dict:
+    from .cli import _solver_options as options
 
-    return _kv(a.hp, "--hp")
+    return options(a)

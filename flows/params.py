@@ -74,25 +74,37 @@ class NoiseSpec(_Model):
 
 
 class SolverSpec(_Model):
-    """Solver and hyperparameters. For DDiff-family solvers the defaults are ``DDiff.paper(task)``
-    (``task`` defaults to the operator name when it is one of the paper's eight); ``steps`` and
-    ``hyperparameters`` override them (the paper uses 1000 steps; a CPU run wants ~20-100)."""
+    """Solver and hyperparameters.
+
+    ``settings="auto"`` (default): DDiff-family solvers run self-calibrated (``DDiff.auto()``: the
+    discrepancy x-update, no step size to tune, 100 steps); the other solvers run with their class
+    defaults. ``settings="paper"``: ``DDiff.paper(task)``, the appendix-A.5 values tuned at 1000
+    steps and σ_y = 0.05 (``task`` defaults to the operator name when it is one of the paper's
+    eight). ``steps`` and ``hyperparameters`` override either."""
 
     name: Literal["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps", "diffpir", "daps"] = "ddiff"
-    steps: Optional[int] = Field(None, ge=1, le=1000, description="diffusion steps (None: paper value)")
-    task: Optional[str] = Field(None, description="paper task whose hyperparameters to start from")
+    settings: Literal["auto", "paper"] = Field(
+        "auto", description="auto: step sizes chosen from the measurements (discrepancy principle); "
+                            "paper: the paper's per-task values")
+    steps: Optional[int] = Field(None, ge=1, le=1000, description="diffusion steps (None: 100 auto, 1000 paper)")
+    task: Optional[str] = Field(None, description="paper task whose hyperparameters to start from (settings=paper)")
     dataset: Literal["ffhq", "imagenet"] = "ffhq"
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="constructor keywords overriding the defaults")
 
     def resolve(self, operator_name: str) -> dict:
-        """Constructor keywords: paper defaults (when they exist) + ``hyperparameters`` + ``steps``."""
+        """Constructor keywords: the settings' values + ``hyperparameters`` + ``steps``."""
         import ddiff
 
         cls = getattr(ddiff, SOLVER_NAMES[self.name])
-        task = self.task or (operator_name if operator_name in PAPER_TASKS else None)
         kw: dict = {}
-        if task is not None and hasattr(cls, "paper"):
+        if self.settings == "paper" and hasattr(cls, "paper"):
+            task = self.task or (operator_name if operator_name in PAPER_TASKS else None)
+            if task is None:
+                raise ValueError(f"settings 'paper' needs one of the paper's tasks; {operator_name!r} is not one — "
+                                 f"name the task whose values to use ({', '.join(PAPER_TASKS)}) or use settings 'auto'")
             kw.update(cls.paper(task, self.dataset))
+        elif self.settings == "auto" and hasattr(cls, "auto"):
+            kw.update(cls.auto())
         kw.update(self.hyperparameters)
         if self.steps is not None:
             kw["steps"] = int(self.steps)
@@ -190,27 +202,28 @@ class TrainParams(_Model):
     gpu_limit: Optional[str] = Field("gpu", description="Prefect global concurrency limit held while training on CUDA")
 
 
-#: the benchmark's solvers: the seven diffusion solvers and the TV-regularized classical baseline
-_BENCH_SOLVERS = (*SOLVER_NAMES, "tv")
+#: the benchmark's solvers: the seven diffusion solvers (DDiff twice: ``ddiff`` with the paper's values,
+#: ``ddiff_auto`` self-calibrated) and the TV-regularized classical baseline
+_BENCH_SOLVERS = ("ddiff", "ddiff_auto", *[n for n in SOLVER_NAMES if n != "ddiff"], "tv")
 #: the benchmark's presets (``ddiff bench --preset``); any field given explicitly overrides them.
 #: ``cpu`` is sized to finish in under 30 minutes on a 2-core CPU with the embedded prior.
 BENCH_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(size=256, n_images=100, nfe=1000, tasks=list(PAPER_TASKS),
                   solvers=list(_BENCH_SOLVERS),
                   noise_sweep=[0.01, 0.05, 0.1, 0.2, 0.5], nfe_sweep=[50, 100, 200, 500, 1000],
-                  sweep_task="phase_retrieval", noise_sweep_solvers=["ddiff", "daps", "dps", "diffpir", "tv"],
-                  nfe_sweep_solvers=["ddiff", "daps", "dps", "diffpir"], phase_retrieval_runs=5, tune_images=8,
+                  sweep_task="phase_retrieval", noise_sweep_solvers=["ddiff", "ddiff_auto", "daps", "dps", "diffpir", "tv"],
+                  nfe_sweep_solvers=["ddiff", "ddiff_auto", "daps", "dps", "diffpir"], phase_retrieval_runs=5, tune_images=8,
                   tv_weights=[0.002, 0.005, 0.01, 0.02, 0.05, 0.1], tv_iters=300),
     "cpu": dict(size=64, n_images=5, nfe=100, tasks=list(PAPER_TASKS),
                 solvers=list(_BENCH_SOLVERS),
                 noise_sweep=[0.01, 0.05, 0.1, 0.2, 0.5], nfe_sweep=[20, 50, 100, 200],
-                sweep_task="gaussian_blur", noise_sweep_solvers=["ddiff", "daps", "tv"],
-                nfe_sweep_solvers=["ddiff", "daps", "dps", "diffpir"], phase_retrieval_runs=5, tune_images=4,
+                sweep_task="gaussian_blur", noise_sweep_solvers=["ddiff", "ddiff_auto", "daps", "diffpir", "tv"],
+                nfe_sweep_solvers=["ddiff", "ddiff_auto", "daps", "dps", "diffpir"], phase_retrieval_runs=5, tune_images=4,
                 tv_weights=[0.002, 0.005, 0.01, 0.02, 0.05, 0.1], tv_iters=300),
     "smoke": dict(size=32, n_images=2, nfe=4, tasks=list(PAPER_TASKS),
                   solvers=list(_BENCH_SOLVERS),
                   noise_sweep=[0.05, 0.2], nfe_sweep=[2, 4], sweep_task="gaussian_blur",
-                  noise_sweep_solvers=["ddiff", "daps", "tv"], nfe_sweep_solvers=["ddiff", "daps"],
+                  noise_sweep_solvers=["ddiff", "ddiff_auto", "daps", "tv"], nfe_sweep_solvers=["ddiff", "ddiff_auto", "daps"],
                   phase_retrieval_runs=2, tune_images=2, tv_weights=[0.01, 0.05], tv_iters=20),
 }
 

@@ -11,6 +11,9 @@ Every noise model has
 * ``validate(y)`` — raises ``ValueError`` for measurements the model cannot have produced;
 * ``effective_sigma(y)`` — a Gaussian-equivalent standard deviation (solvers that need a noise
   level, e.g. DiffPIR's ρ_t, use it).
+* ``discrepancy(y, Ax)`` — a goodness-of-fit statistic per sample whose expectation at the truth is
+  ``m``, the number of real measurement values (``‖y − Ax‖²/σ²``; Pearson χ² for photon counts).
+  DDiff's self-calibrated x-update stops there (the discrepancy principle).
 
 Complex measurements (e.g. MRI k-space) are circular complex Gaussian: real and imaginary parts
 each have variance σ².
@@ -71,6 +74,9 @@ class GaussianNoise(NoiseModel):
     measurement values (the paper's ``ℓ`` plus a constant).
     """
 
+    #: ``nll`` is quadratic in ``A(x)``: solvers may use least-squares methods (CG, CGLS) on it
+    quadratic = True
+
     def __init__(self, sigma: float):
         sigma = float(sigma)
         if not (sigma > 0 and math.isfinite(sigma)):
@@ -98,6 +104,11 @@ class GaussianNoise(NoiseModel):
 
     def effective_sigma(self, y: torch.Tensor | None = None) -> float:
         return self.sigma
+
+    def discrepancy(self, y: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
+        """``‖y − A x‖² / σ²`` per sample — expectation ``m`` (real values) at the truth."""
+        r = y - Ax
+        return _per_sample_sum(r.real**2 + r.imag**2 if r.is_complex() else r**2) / self.sigma**2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,6 +192,15 @@ class PoissonNoise(NoiseModel):
         curv = k.clamp(min=1) / floor**2
         return _per_sample_sum(_continued(f_c, g_c, curv, lam, lam_c, floor))
 
+    def variance(self, Ax: torch.Tensor) -> torch.Tensor:
+        """Per-entry variance of ``y`` given ``A(x)`` (units of ``y``²): ``max(A x, floor)/gain``."""
+        return Ax.clamp(min=self.rate_floor / self.gain) / self.gain
+
+    def discrepancy(self, y: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
+        """Pearson χ² ``Σ (y − A x)² / Var(y | A x)`` per sample — expectation ``m`` at the truth,
+        the photon-counting analogue of ``‖y − A x‖²/σ²`` (used by the discrepancy x-update)."""
+        return _per_sample_sum((y - Ax) ** 2 / self.variance(Ax))
+
     def effective_sigma(self, y: torch.Tensor | None = None) -> float:
         if y is None:
             raise ValueError("PoissonNoise.effective_sigma needs the measurement y (the noise level depends on it)")
@@ -230,6 +250,14 @@ class PoissonGaussianNoise(NoiseModel):
         k = torch.poisson(rate, generator=generator)
         n = torch.randn(clean.shape, generator=generator, dtype=torch.float64, device=clean.device)
         return (k / self.gain + self.sigma * n).to(clean.dtype)
+
+    def variance(self, Ax: torch.Tensor) -> torch.Tensor:
+        """Per-entry variance of ``y`` given ``A(x)``: ``max(A x, 0)/gain + σ²``."""
+        return Ax.clamp(min=0) / self.gain + self.sigma**2
+
+    def discrepancy(self, y: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
+        """Pearson χ² ``Σ (y − A x)² / Var(y | A x)`` per sample (expectation ``m`` at the truth)."""
+        return _per_sample_sum((y - Ax) ** 2 / self.variance(Ax))
 
     def _window(self, y, lam, log_lam, mode, half: int):
         """``(−log p, E[k|y], Var[k|y], ε)`` summing counts ``k ∈ [max(0, ⌊mode⌋ − half), … + 2·half]``."""

@@ -96,7 +96,7 @@ def test_tile_is_exactly_the_solver_on_that_tile(flows_env, straight):
     y = torch.from_numpy(inp.data)[None]
     assert y.shape[-1] % 2 == 0 and y.shape[-2] % 2 == 0  # no divisibility padding needed for this tile
     prior = load_prior(str(flows_env["prior"]))
-    solver = ddiff.DDiff(prior, **ddiff.DDiff.paper("gaussian_blur") | {"steps": STEPS})
+    solver = ddiff.DDiff(prior, **ddiff.DDiff.auto(STEPS))  # the flows' default settings
     A = operators.get_operator(BLUR["name"], **BLUR["params"])
     g = torch.Generator().manual_seed(T.tile_seed(3, frame, k))
     x = solver.solve(y, A, operators.GaussianNoise(SIGMA), generator=[g]).x[0].numpy()

@@ -10,7 +10,7 @@ from ddiff.solvers.diffpir import quad_timesteps
 from operators import GaussianNoise, get_operator
 
 # DDiff's best setting on the linear-Gaussian problems, from `python benchmarks/exact_prior.py`
-BEST = dict(steps=1000, gamma0=2.0, noising="ancestral", t0=500)
+BEST = dict(steps=1000, x_update="gradient", gamma0=2.0, noising="ancestral", t0=500)
 
 
 @pytest.fixture(scope="module", params=["mask", "blur"])
@@ -53,11 +53,13 @@ def _small_setup(B=3, size=8):
 
 
 SOLVERS = [
-    (DDiff, dict(steps=20, gamma0=2.0)),
-    (DDiff, dict(steps=20, gamma0=2.0, noising="fresh", t0=1)),
-    (DDiffHQS, dict(steps=20, gamma0=2.0)),
-    (DiffPnPADMM, dict(steps=20, gamma0=2.0)),
-    (DiffPnPHQS, dict(steps=20, gamma0=2.0)),
+    (DDiff, dict(steps=20)),  # the default: self-calibrated (discrepancy x-update)
+    (DDiff, dict(steps=20, x_update="gradient", gamma0=2.0)),
+    (DDiff, dict(steps=20, x_update="gradient", gamma0=2.0, noising="fresh", t0=1)),
+    (DDiffHQS, dict(steps=20, x_update="gradient", gamma0=2.0)),
+    (DiffPnPADMM, dict(steps=20)),
+    (DiffPnPADMM, dict(steps=20, x_update="gradient", gamma0=2.0)),
+    (DiffPnPHQS, dict(steps=20, x_update="gradient", gamma0=2.0)),
     (DPS, dict(steps=20, zeta=0.5)),
     (DiffPIR, dict(steps=10)),
     (DAPS, dict(annealing_steps=5, ode_steps=2, mcmc_steps=5)),
@@ -79,7 +81,7 @@ def test_batch_gives_each_sample_its_own_answer(cls, kw):
 
 def test_early_stop_is_per_sample_and_batch_independent():
     P = _small_setup()
-    solver = DDiff(P.prior, steps=50, gamma0=2.0, early_stop=0.05)
+    solver = DDiff(P.prior, steps=50, x_update="gradient", gamma0=2.0, early_stop=0.05)
     gens = lambda: [torch.Generator().manual_seed(7 + i) for i in range(3)]  # noqa: E731
     r = solver.solve(P.y, P.operator, P.noise, generator=gens())
     assert r.nfe < 50  # it stopped early
@@ -102,7 +104,9 @@ def test_callback_gets_one_dict_per_step_and_trace_is_scalar():
     seen = []
     r = DDiff(P.prior, steps=15).solve(P.y, P.operator, P.noise, callback=seen.append)
     assert len(seen) == 15 == len(r.trace)
-    assert {"t", "x", "z", "u", "primal_residual", "dual_norm", "nll", "gamma"} <= set(seen[0])
+    assert {"t", "x", "z", "u", "primal_residual", "dual_norm", "chi2_nu", "inner"} <= set(seen[0])
+    paper = DDiff(P.prior, steps=15, x_update="gradient").solve(P.y, P.operator, P.noise)
+    assert {"nll", "gamma"} <= set(paper.trace[0])
     assert isinstance(r.trace[0]["dual_norm"], list) and "x" not in r.trace[0]
     assert [s["t"] for s in seen] == P.prior.schedule.respace(15)
 
@@ -112,14 +116,20 @@ def test_ddiff_works_with_a_nonlinear_operator():
     A = get_operator("hdr")
     noise = GaussianNoise(0.05)
     y = noise.sample(A(P.x), torch.Generator().manual_seed(0))
-    r = DDiff(P.prior, steps=100, gamma0=2.0, t0=50).solve(y, A, noise, generator=torch.Generator().manual_seed(0))
-    prior_only = DDiff(P.prior, steps=100, gamma0=1e-9, t0=50).solve(y, A, noise, generator=torch.Generator().manual_seed(0))
+    paper_like = dict(steps=100, x_update="gradient", noising="ancestral", t0=50)
+    r = DDiff(P.prior, gamma0=2.0, **paper_like).solve(y, A, noise, generator=torch.Generator().manual_seed(0))
+    prior_only = DDiff(P.prior, gamma0=1e-9, **paper_like).solve(y, A, noise, generator=torch.Generator().manual_seed(0))
     assert _psnr(r.x, P.x) > _psnr(prior_only.x, P.x) + 3
+    auto = DDiff(P.prior, steps=100).solve(y, A, noise, generator=torch.Generator().manual_seed(0))
+    assert _psnr(auto.x, P.x) > _psnr(prior_only.x, P.x) + 3
+    chi2 = noise.discrepancy(y, A(auto.x)) / y[0].numel()  # the descent path stops at the noise level
+    assert torch.all((chi2 > 0.8) & (chi2 < 1.1)), chi2
 
 
 def test_paper_hyperparameters():
     hp = DDiff.paper("gaussian_blur")
-    assert hp == dict(steps=1000, gamma0=2.9, a=3.3, b=0.1, t_gamma=90, t0=50, noising="ancestral", early_stop=None)
+    assert hp == dict(steps=1000, x_update="gradient", gamma0=2.9, a=3.3, b=0.1, t_gamma=90, t0=50,
+                      noising="ancestral", early_stop=None)
     box = DDiff.paper("inpainting_box", dataset="imagenet")
     assert (box["gamma0"], box["t_gamma"], box["noising"]) == (50.0, 500, "fresh")
     assert DDiff.paper("hdr", "imagenet")["t0"] == 100
@@ -129,11 +139,11 @@ def test_paper_hyperparameters():
 
 def test_step_size_policy_and_rescaling():
     P = _small_setup(B=1)
-    s = DDiff(P.prior, gamma0=10.0, a=3.3, b=0.1, t_gamma=90)
+    s = DDiff(P.prior, x_update="gradient", gamma0=10.0, a=3.3, b=0.1, t_gamma=90)
     n0 = 256 * 256 * 3
     assert s.gamma(500, n0) == pytest.approx(33.0) and s.gamma(90, n0) == pytest.approx(1.0)
     assert s.gamma(500, n0 // 4) == pytest.approx(16.5)
-    assert DDiff(P.prior, gamma0=10.0, rescale_step=False).gamma(500, 64) == pytest.approx(33.0)
+    assert DDiff(P.prior, x_update="gradient", gamma0=10.0, rescale_step=False).gamma(500, 64) == pytest.approx(33.0)
 
 
 def test_reference_schedules_of_baselines():
@@ -162,6 +172,10 @@ def test_bad_input_raises_value_error_naming_the_problem():
         DDiff.paper("denoise_everything")
     with pytest.raises(ValueError, match="noising"):
         DDiff(P.prior, noising="sometimes")
+    with pytest.raises(ValueError, match="gamma0 only apply to x_update='gradient'"):
+        DDiff(P.prior, gamma0=2.0)  # silently unused otherwise
+    with pytest.raises(ValueError, match="no noising step: noising, t0"):
+        DiffPnPADMM(P.prior, t0=5, noising="fresh")
     with pytest.raises(ValueError, match="channel"):
         solver.solve(P.y, P.operator, P.noise, x_shape=(2, 3, 8, 8))
 

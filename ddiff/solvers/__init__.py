@@ -7,6 +7,7 @@ from .daps import DAPS
 from .ddiff import DDiff, DDiffHQS, DiffPnPADMM, DiffPnPHQS
 from .diffpir import DiffPIR
 from .dps import DPS
+from .seed_mean import SeedMean
 from .tv import TVReconstruction
 
-__all__ = ["Result", "Solver", "DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "DPS", "DiffPIR", "DAPS", "TVReconstruction"]
+__all__ = ["Result", "Solver", "DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "DPS", "DiffPIR", "DAPS", "TVReconstruction", "SeedMean"]

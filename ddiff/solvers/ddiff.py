@@ -15,6 +15,18 @@ model kept on its own noise manifold (``ddiff_algorithm.md``):
 step and denoise ``√ᾱ_t (x + u)`` at a decreasing level instead (classic PnP with a diffusion
 denoiser). The gradient never goes through the network: NFE = steps, and the cost per step is one
 network forward plus one forward/backward of the operator.
+
+**Two x-updates.** ``x_update="gradient"`` is the paper's (2): a fixed-length step γ_t, tuned per
+task at 1000 steps and σ_y = 0.05 (``DDiff.paper(task)``). ``x_update="discrepancy"`` — the
+default, ``DDiff.auto()`` — has no step size: (2) becomes the projection of ``v`` onto the set of
+images that explain the data to the noise level, ``{x : D(y, A x) ≤ τ m}`` (Morozov's discrepancy
+principle, :mod:`.data_fit`), so the measurements and σ_y decide how far the data step moves, at
+any step budget. The projection is the exact proximal step of that set's indicator, so the ADMM
+penalty lives in the prior step alone: a Tweedie denoiser at level t is the proximal map of the
+prior with penalty ``ρ_t = 1/σ̄_t²`` (``σ̄_t² = (1 − ᾱ_t)/ᾱ_t``). ADMM with a changing penalty keeps
+the *unscaled* dual ``ρ u`` fixed (Boyd et al. 2011, §3.4.1), so (6) becomes
+``u ← (u + x − z)·σ̄²_{t−1}/σ̄²_t``; the dual vanishes at the last step and the output satisfies
+the discrepancy bound. Without that rescaling the dual accumulates every projection and diverges.
 """
 from __future__ import annotations
 
@@ -22,9 +34,11 @@ import math
 
 import torch
 
-from .base import Solver, check_positive, check_steps, likelihood_grad, per_sample_norm, randn
+from .base import Solver, check_int, check_positive, check_steps, likelihood_grad, per_sample_norm, randn
+from .data_fit import project_to_discrepancy
 
-__all__ = ["DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "PAPER_HYPERPARAMETERS", "REFERENCE_NUMEL"]
+__all__ = ["DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "PAPER_HYPERPARAMETERS", "REFERENCE_NUMEL",
+           "X_UPDATES"]
 
 #: ``n₀`` — values per image of the paper's 256×256×3 images, for which its γ₀ were tuned.
 REFERENCE_NUMEL = 256 * 256 * 3
@@ -42,6 +56,11 @@ PAPER_HYPERPARAMETERS = {
     "hdr": (3.5, 3.8, 90, 90, 120, 100, "ancestral"),
 }
 
+#: the x-update rules: the paper's normalized gradient step, or the self-calibrated projection
+X_UPDATES = ("discrepancy", "gradient")
+#: the paper's step policy when ``x_update="gradient"`` is chosen without values (its deblurring row)
+_GRADIENT_DEFAULTS = dict(gamma0=2.9, a=3.3, b=0.1, t_gamma=90, rescale_step=True)
+
 
 class _DualAscentBase(Solver):
     """Hyperparameters shared by DDiff and its ablations (names as in the algorithm spec).
@@ -49,7 +68,12 @@ class _DualAscentBase(Solver):
     Args:
         prior: a prior exposing ``eps(x_t, t)``, ``channels`` and ``schedule``.
         steps: number of diffusion steps N (respaced from the 1000-step schedule; paper: 1000).
-        gamma0: base step size γ₀ (an ℓ2 distance for 256×256×3 images, see ``rescale_step``).
+        x_update: ``"discrepancy"`` (default, self-calibrated: no step size, see the module
+            docstring) or ``"gradient"`` (the paper's normalized step with γ₀, a, b, t_γ).
+        tau: discrepancy level, the x-update stops at ``D(y, A x) = τ m`` (1: the noise level).
+        max_inner: inner iterations of the discrepancy projection per step (CGLS or descent).
+        gamma0: base step size γ₀ of the gradient x-update (an ℓ2 distance for 256×256×3 images,
+            see ``rescale_step``).
         a, b: step-down policy, ``γ_t = a·γ₀`` for ``t > t_gamma`` else ``b·γ₀``.
         t_gamma: original step index where the step size drops.
         t0: noise threshold; for ``t ≤ t0`` the noising step adds no fresh noise (ξ = 0).
@@ -57,30 +81,47 @@ class _DualAscentBase(Solver):
         early_stop: tolerance on ``‖x − z‖/‖z‖`` per sample, or ``None`` to run all steps.
         rescale_step: multiply γ_t by ``√(n/n₀)`` (``n`` values per image) so the paper's γ₀
             transfer to tiles and small images with the same per-pixel step. On by default.
+
+    ``gamma0``, ``a``, ``b``, ``t_gamma`` and ``rescale_step`` belong to the gradient x-update;
+    giving one with ``x_update="discrepancy"`` is an error (it would be silently unused).
     """
 
     use_dual = True
-    use_noising = True
 
     def __init__(
         self,
         prior,
-        steps: int = 1000,
-        gamma0: float = 2.9,
-        a: float = 3.3,
-        b: float = 0.1,
-        t_gamma: int = 90,
-        t0: int = 50,
-        noising: str = "ancestral",
+        steps: int = 100,
+        x_update: str = "discrepancy",
+        tau: float = 1.0,
+        max_inner: int = 10,
+        gamma0: float | None = None,
+        a: float | None = None,
+        b: float | None = None,
+        t_gamma: int | None = None,
+        t0: int = 1,
+        noising: str = "fresh",
         early_stop: float | None = None,
-        rescale_step: bool = True,
+        rescale_step: bool | None = None,
     ):
         super().__init__(prior)
         T = prior.schedule.T
         self.steps = check_steps(steps, T)
-        self.gamma0 = check_positive("gamma0", gamma0)
-        self.a = check_positive("a", a)
-        self.b = check_positive("b", b)
+        if x_update not in X_UPDATES:
+            raise ValueError(f"x_update must be one of {', '.join(X_UPDATES)}, got {x_update!r}")
+        self.x_update = x_update
+        self.tau = check_positive("tau", tau)
+        self.max_inner = check_int("max_inner", max_inner, 1, 1000)
+        step_kw = dict(gamma0=gamma0, a=a, b=b, t_gamma=t_gamma, rescale_step=rescale_step)
+        given = [k for k, v in step_kw.items() if v is not None]
+        if x_update == "discrepancy" and given:
+            raise ValueError(f"{', '.join(given)} only apply to x_update='gradient' (the paper's step); the "
+                             "discrepancy x-update has no step size — drop them or pass x_update='gradient'")
+        step_kw = {k: (_GRADIENT_DEFAULTS[k] if v is None else v) for k, v in step_kw.items()}
+        self.gamma0 = check_positive("gamma0", step_kw["gamma0"])
+        self.a = check_positive("a", step_kw["a"])
+        self.b = check_positive("b", step_kw["b"])
+        t_gamma = step_kw["t_gamma"]
         if not (isinstance(t_gamma, int) and 0 <= t_gamma < T):
             raise ValueError(f"t_gamma must be an integer step in 0..{T - 1}, got {t_gamma!r}")
         if not (isinstance(t0, int) and -1 <= t0 < T):
@@ -89,7 +130,14 @@ class _DualAscentBase(Solver):
             raise ValueError(f"noising must be 'ancestral' or 'fresh', got {noising!r}")
         self.t_gamma, self.t0, self.noising = t_gamma, t0, noising
         self.early_stop = None if early_stop is None else check_positive("early_stop", early_stop)
-        self.rescale_step = bool(rescale_step)
+        self.rescale_step = bool(step_kw["rescale_step"])
+
+    @classmethod
+    def auto(cls, steps: int = 100) -> dict:
+        """The self-calibrated setting (the constructor's defaults) as constructor keywords: the
+        discrepancy x-update at τ = 1, fresh noising, ``t0 = 1``, ``steps`` network calls.
+        Nothing in it depends on the task, the image size or σ_y: the measurements set the step."""
+        return dict(steps=steps, x_update="discrepancy", tau=1.0, noising="fresh", t0=1, early_stop=None)
 
     @classmethod
     def paper(cls, task: str, dataset: str = "ffhq") -> dict:
@@ -106,7 +154,7 @@ class _DualAscentBase(Solver):
         g_f, g_i, tg_f, tg_i, t0_f, t0_i, noising = PAPER_HYPERPARAMETERS[task]
         i = dataset == "imagenet"
         return dict(
-            steps=1000, gamma0=float(g_i if i else g_f), a=3.3, b=0.1,
+            steps=1000, x_update="gradient", gamma0=float(g_i if i else g_f), a=3.3, b=0.1,
             t_gamma=tg_i if i else tg_f, t0=t0_i if i else t0_f, noising=noising, early_stop=None,
         )
 
@@ -123,9 +171,26 @@ class _DualAscentBase(Solver):
         return math.sqrt((1 - abar_prev) / (1 - abar_t)) * math.sqrt(1 - abar_t / abar_prev)
 
     def data_step(self, operator, noise, y, v, gamma):
-        """(2) ``x = v − γ ∇ℓ(v)/‖∇ℓ(v)‖`` with the norm taken per sample."""
+        """(2) the x-update at ``v``; returns ``(x, info)`` with per-sample diagnostics.
+
+        ``gradient``: ``x = v − γ ∇ℓ(v)/‖∇ℓ(v)‖`` with the norm taken per sample (``info``: ``nll``
+        at ``v``). ``discrepancy``: the projection onto ``{D(y, A x) ≤ τ m}`` (``info``: ``chi2_nu``,
+        ``D(y, A x)/m`` at the new ``x``, and ``inner`` iterations used)."""
+        if self.x_update == "discrepancy":
+            x, info = project_to_discrepancy(operator, noise, y, v, self.tau, self.max_inner)
+            return x, {"chi2_nu": info["discrepancy"], "inner": info["iters"]}
         g, nll = likelihood_grad(operator, noise, y, v)
-        return v - gamma * g / per_sample_norm(g).clamp_min(1e-30), nll
+        return v - gamma * g / per_sample_norm(g).clamp_min(1e-30), {"nll": nll}
+
+    def dual_update(self, u, x, z, sched, t: int, t_prev: int):
+        """(6) ``u ← u + (x − z)``; with the discrepancy x-update, rescaled by ``σ̄²_{t−1}/σ̄²_t``
+        (the prior step's penalty ``1/σ̄_t²`` changes, the unscaled dual is kept; 0 after t = 0)."""
+        if not self.use_dual:
+            return u
+        u = u + (x - z)
+        if self.x_update == "discrepancy":
+            u = u * ((sched.sigma_bar(t_prev) / sched.sigma_bar(t)) ** 2 if t_prev >= 0 else 0.0)
+        return u
 
 
 class DDiff(_DualAscentBase):
@@ -142,9 +207,10 @@ class DDiff(_DualAscentBase):
         for i, t in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1  # ᾱ_{−1} = 1 after the last step
             ab, ab_prev = sched.abar(t), sched.abar(t_prev)
-            y_a, gamma = y[active], self.gamma(t, n)
+            y_a = y[active]
+            gamma = self.gamma(t, n) if self.x_update == "gradient" else None
             z = net.x0(x_t, t)  # (1) z-update: Tweedie denoise on the manifold, 1 NFE
-            x, _ = self.data_step(operator, noise, y_a, z - u, gamma)  # (2) x-update at v = z − u
+            x, fit = self.data_step(operator, noise, y_a, z - u, gamma)  # (2) x-update at v = z − u
             eps_tilde = (x_t - math.sqrt(ab) * x) / math.sqrt(1 - ab)  # (3) implied noise
             primal = per_sample_norm(x - z).flatten()
             stop = primal / per_sample_norm(z).flatten().clamp_min(1e-30) < (self.early_stop or 0.0)  # (4)
@@ -152,12 +218,10 @@ class DDiff(_DualAscentBase):
             xi = randn(x.shape, _subset(generator, active), dt, dev) if t > self.t0 and s > 0 else 0.0
             x_t = math.sqrt(ab_prev) * (x + u) + math.sqrt(max(1 - ab_prev - s**2, 0.0)) * eps_tilde + s * xi
             x_plus_u = x + u
-            if self.use_dual:
-                u = u + (x - z)  # (6) dual ascent
+            u = self.dual_update(u, x, z, sched, t, t_prev)  # (6) dual ascent
             emit({
                 "i": i, "t": t, "gamma": gamma, "x": x, "z": z, "u": u, "x_t": x_t,
-                "primal_residual": primal, "dual_norm": per_sample_norm(u).flatten(),
-                "nll": noise.nll(y_a, operator(x)), "active": active,
+                "primal_residual": primal, "dual_norm": per_sample_norm(u).flatten(), "active": active, **fit,
             })
             if stop.any():  # (4) early stop per sample, so a batch answers like each tile alone
                 out[active[stop]] = x_plus_u[stop]
@@ -185,9 +249,29 @@ class DDiffHQS(DDiff):
 class DiffPnPADMM(DDiff):
     """PnP-ADMM with a one-step Tweedie denoiser at a decreasing level (no noising step):
     ``z = x̂_0(√ᾱ_t (x + u))`` at step ``t``, then the x- and dual updates of DDiff. Starts from
-    ``x = u = 0``; returns ``x + u`` of the last step."""
+    ``x = u = 0``; returns ``x + u`` of the last step. Deterministic: there is no noising step, so
+    ``t0``, ``noising`` and ``early_stop`` do not exist here (passing them is an error)."""
 
-    use_noising = False
+    def __init__(self, prior, **kwargs):
+        unused = sorted(set(kwargs) & {"t0", "noising", "early_stop"})
+        if unused:
+            raise ValueError(f"{type(self).__name__} has no noising step: {', '.join(unused)} do not apply")
+        super().__init__(prior, **kwargs)
+
+    @classmethod
+    def paper(cls, task: str, dataset: str = "ffhq") -> dict:
+        """DDiff's appendix-A.5 step policy for ``task`` (without its noising settings)."""
+        kw = super().paper(task, dataset)
+        for k in ("t0", "noising", "early_stop"):
+            kw.pop(k)
+        return kw
+
+    @classmethod
+    def auto(cls, steps: int = 100) -> dict:
+        kw = super().auto(steps)
+        for k in ("t0", "noising", "early_stop"):
+            kw.pop(k)
+        return kw
 
     def _run(self, net, y, operator, noise, x_shape, generator, emit):
         return _pnp_loop(self, net, y, operator, noise, x_shape, emit)
@@ -201,19 +285,20 @@ class DiffPnPHQS(DiffPnPADMM):
 
 def _pnp_loop(solver, net, y, operator, noise, x_shape, emit):
     """The loop of the two PnP ablations (no diffusion state, deterministic)."""
-    sched, dev, dt = net.schedule, y.device, y.dtype
+    sched, dev = net.schedule, y.device
+    dt = y.real.dtype if y.is_complex() else y.dtype  # images are real even when y is k-space
     n = math.prod(x_shape[1:])
     x = torch.zeros(x_shape, dtype=dt, device=dev)
     u = torch.zeros_like(x)
-    for i, t in enumerate(sched.respace(solver.steps)):
-        gamma = solver.gamma(t, n)
+    ts = sched.respace(solver.steps)
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        gamma = solver.gamma(t, n) if solver.x_update == "gradient" else None
         z = net.x0(math.sqrt(sched.abar(t)) * (x + u), t)  # prior: denoise at level t, no fresh noise
-        x, _ = solver.data_step(operator, noise, y, z - u, gamma)  # data: normalized gradient step
-        if solver.use_dual:
-            u = u + (x - z)  # dual ascent
+        x, fit = solver.data_step(operator, noise, y, z - u, gamma)  # data step
+        u = solver.dual_update(u, x, z, sched, t, t_prev)  # dual ascent (0 after the last step when rescaled)
         emit({
             "i": i, "t": t, "gamma": gamma, "x": x, "z": z, "u": u,
-            "primal_residual": per_sample_norm(x - z).flatten(), "dual_norm": per_sample_norm(u).flatten(),
-            "nll": noise.nll(y, operator(x)),
+            "primal_residual": per_sample_norm(x - z).flatten(), "dual_norm": per_sample_norm(u).flatten(), **fit,
         })
     return x + u
