@@ -29,7 +29,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import torch  # noqa: E402
 
-from ddiff import DAPS, DPS, DDiff, DDiffHQS, DiffPIR, DiffPnPADMM, DiffPnPHQS  # noqa: E402
+from ddiff import DAPS, DPS, DDiff, DDiffHQS, DiffPIR, DiffPnPADMM, DiffPnPHQS, SeedMean  # noqa: E402
 from ddiff.metrics import psnr  # noqa: E402
 from ddiff.problems import REFERENCE_TASK, linear_gaussian_problem, reference_accuracy  # noqa: E402
 
@@ -38,10 +38,13 @@ def grid(steps: int, quick: bool):
     g0s = [2, 5, 10] if quick else [1, 2, 5, 10, 20]
     for cls in (DDiff, DDiffHQS):
         for g0, noising, t0 in itertools.product(g0s, ("ancestral", "fresh"), (50, 500)):
-            yield cls, dict(steps=steps, gamma0=g0, noising=noising, t0=t0)
+            yield cls, dict(steps=steps, x_update="gradient", gamma0=g0, noising=noising, t0=t0)
     for cls in (DiffPnPADMM, DiffPnPHQS):
         for g0 in g0s:
-            yield cls, dict(steps=steps, gamma0=g0)
+            yield cls, dict(steps=steps, x_update="gradient", gamma0=g0)
+    # the self-calibrated default (no step size): one sample, and the K-seed mean (SeedMean)
+    for n, seeds in ((100, 1), (steps, 1), (100, 8), (100, 16), (steps, 16)):
+        yield "DDiff-auto", dict(steps=n, seeds=seeds)
     for zeta in ([0.3, 1.0] if quick else [0.1, 0.3, 1.0, 3.0]):
         yield DPS, dict(steps=steps, zeta=zeta)
     for lam, zeta in itertools.product([1.0, 7.0], [0.3, 1.0]):
@@ -96,8 +99,11 @@ def main(argv=None) -> None:
         rows = []
         for cls, kw in grid(args.steps, args.quick):
             t = time.perf_counter()
-            r = cls(P.prior, **kw).solve(P.y, P.operator, P.noise, generator=torch.Generator().manual_seed(1))
-            rows.append((cls.__name__, kw, psnr(r.x, P.x).mean().item(), r.nfe, time.perf_counter() - t))
+            solver = (SeedMean(DDiff(P.prior, steps=kw["steps"]), kw["seeds"]) if cls == "DDiff-auto"
+                      else cls(P.prior, **kw))
+            r = solver.solve(P.y, P.operator, P.noise, generator=torch.Generator().manual_seed(1))
+            name = cls if isinstance(cls, str) else cls.__name__
+            rows.append((name, kw, psnr(r.x, P.x).mean().item(), r.nfe, time.perf_counter() - t))
         best = {}
         for name, kw, p, nfe, s in rows:
             best[name] = max(best.get(name, -1e9), p)

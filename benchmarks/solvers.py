@@ -61,7 +61,8 @@ def main(argv=None) -> None:
     n = args.steps
     solvers = [
         ("DDiff", DDiff(prior, steps=n, **{k: v for k, v in DDiff.paper("gaussian_blur").items() if k != "steps"})),
-        ("DDiffHQS", DDiffHQS(prior, steps=n)),
+        ("DDiff (auto)", DDiff(prior, steps=n)),
+        ("DDiffHQS", DDiffHQS(prior, steps=n, x_update="gradient")),
         ("DiffPnPADMM", DiffPnPADMM(prior, steps=n)),
         ("DiffPnPHQS", DiffPnPHQS(prior, steps=n)),
         ("DiffPIR", DiffPIR(prior, steps=n + 1)),

@@ -368,8 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", default="ffhq", choices=["ffhq", "imagenet"], help="which paper DDiff settings")
     sp.add_argument("--images", default=None, help="evaluation images: folder of PNG/TIFF or .npy (default: bundled)")
     sp.add_argument("--tasks", default=None, help="comma-separated tasks (default: the preset's)")
-    sp.add_argument("--solvers", default=None, help="comma-separated solvers (ddiff,ddiff_hqs,diffpnp_admm,"
-                    "diffpnp_hqs,dps,diffpir,daps,tv)")
+    sp.add_argument("--solvers", default=None, help="comma-separated solvers (ddiff = the paper's values, "
+                    "ddiff_auto = self-calibrated, ddiff_hqs, diffpnp_admm, diffpnp_hqs, dps, diffpir, daps, tv)")
     sp.add_argument("--size", type=int, default=None)
     sp.add_argument("--n-images", type=int, default=None)
     sp.add_argument("--nfe", type=int, default=None, help="NFE budget of every diffusion solver")
