@@ -64,7 +64,7 @@ def audit_reconstruction(params: AuditParams) -> dict:
     import xarray as xr
     from zarr.storage import LocalStore
 
-    from .reconstruct import artifact_key
+    from .reconstruct import artifact_key, settings_text
 
     p = params if isinstance(params, AuditParams) else AuditParams.model_validate(params)
     logger = get_run_logger()
@@ -109,7 +109,8 @@ def audit_reconstruction(params: AuditParams) -> dict:
                                   sample_names=[f"frame {t}" for t in range(x.shape[0])])
     flagged_tiles = [(int(t), int(k)) for t, k in zip(*np.nonzero(tile_flags))]
     if p.artifacts:
-        md = [summary_markdown(res), "", f"- report: `{md_path}`", f"- dataset: `{out.path}/audit`",
+        md = [summary_markdown(res), "", f"- {settings_text(out.manifest['config'])}",
+              f"- report: `{md_path}`", f"- dataset: `{out.path}/audit`",
               f"- frames flagged: {sum(flags_frame)} / {n}; tiles touching a flagged window: {len(flagged_tiles)}", ""]
         md += [f"- frame {t} tile {k}" for t, k in flagged_tiles[:50]]
         create_markdown_artifact("\n".join(md), key=artifact_key("audit", str(out.path)),
