@@ -185,3 +185,12 @@ def test_default_fits_the_data_for_every_domain_operator(name):
     m = y[0].numel() * (2 if y.is_complex() else 1)
     chi = discrepancy(noise, y, A(r.x.to(x.dtype))) / m
     assert torch.all((chi > 0.95) & (chi < 1.1)), chi
+
+
+def test_diffpir_refuses_noise_its_data_step_cannot_use():
+    from ddiff import DiffPIR
+
+    P = linear_gaussian_problem("mask", size=8, draws=1)
+    y = (P.y.abs() * 10).round() / 10  # valid Poisson counts for gain 10
+    with pytest.raises(ValueError, match="DiffPIR's data step is a least-squares proximal step"):
+        DiffPIR(P.prior, steps=5).solve(y, P.operator, PoissonNoise(gain=10.0))

@@ -131,6 +131,9 @@ class DiffPIR(Solver):
         return x
 
     def _run(self, net, y, operator, noise, x_shape, generator, emit):
+        if not getattr(noise, "quadratic", False):
+            raise ValueError(f"DiffPIR's data step is a least-squares proximal step (Gaussian noise); it cannot use "
+                             f"{type(noise).__name__}'s likelihood — use DDiff, whose data step takes any noise model")
         sched, dt = net.schedule, y.real.dtype if y.is_complex() else y.dtype
         sigma_n = max(0.001, noise.effective_sigma(y) / 2)  # DiffPIR's [0,1]-unit noise level
         ts = self.timesteps
