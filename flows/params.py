@@ -90,6 +90,8 @@ class SolverSpec(_Model):
     task: Optional[str] = Field(None, description="paper task whose hyperparameters to start from (settings=paper)")
     dataset: Literal["ffhq", "imagenet"] = "ffhq"
     hyperparameters: dict[str, Any] = Field(default_factory=dict, description="constructor keywords overriding the defaults")
+    seeds: int = Field(1, ge=1, le=64, description="estimate = mean of this many seeded runs per tile "
+                                                   "(ddiff.SeedMean: a posterior-mean estimate at seeds × the NFE)")
 
     def resolve(self, operator_name: str) -> dict:
         """Constructor keywords: the settings' values + ``hyperparameters`` + ``steps``."""

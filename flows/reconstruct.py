@@ -95,6 +95,8 @@ def run_config(p: ReconstructParams) -> tuple[dict, "T.Geometry", int, str]:
         "batch_size": int(p.execution.batch_size),
         "dtype": p.execution.dtype,
     }
+    if p.solver.seeds > 1:  # only then: configurations of single-sample runs keep their hash
+        config["seeds"] = int(p.solver.seeds)
     return config, geo, C, prior_sha
 
 

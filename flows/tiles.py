@@ -214,7 +214,8 @@ def make_solver(config: dict, prior):
     from .params import SOLVER_NAMES
 
     cls = getattr(ddiff, SOLVER_NAMES[config["solver"]])
-    return cls(prior, **config["hyperparameters"])
+    solver = cls(prior, **config["hyperparameters"])
+    return ddiff.SeedMean(solver, config["seeds"]) if config.get("seeds", 1) > 1 else solver
 
 
 def solve_batch(desc: dict) -> dict:

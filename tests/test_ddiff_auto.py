@@ -194,3 +194,17 @@ def test_diffpir_refuses_noise_its_data_step_cannot_use():
     y = (P.y.abs() * 10).round() / 10  # valid Poisson counts for gain 10
     with pytest.raises(ValueError, match="DiffPIR's data step is a least-squares proximal step"):
         DiffPIR(P.prior, steps=5).solve(y, P.operator, PoissonNoise(gain=10.0))
+
+
+def test_flows_build_the_seed_mean_when_asked():
+    from flows import tiles as T
+    from flows.params import SolverSpec
+
+    P = linear_gaussian_problem("mask", size=8, draws=1)
+    one = T.make_solver({"solver": "ddiff", "hyperparameters": DDiff.auto(5)}, P.prior)
+    assert isinstance(one, DDiff)
+    k = T.make_solver({"solver": "ddiff", "hyperparameters": DDiff.auto(5), "seeds": 3}, P.prior)
+    assert isinstance(k, SeedMean) and k.seeds == 3
+    assert k.solve(P.y, P.operator, P.noise, generator=[torch.Generator().manual_seed(0)]).nfe == 15
+    with pytest.raises(ValueError):
+        SolverSpec(seeds=0)
