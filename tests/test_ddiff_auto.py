@@ -84,9 +84,17 @@ GAPS = {"mask": {"auto": (-3.2, -2.3), "auto_k8": (-1.4, -0.4), "paper": (-6.5, 
         "blur": {"auto": (-2.5, -1.7), "auto_k8": (-1.0, -0.3), "paper": (-3.4, -2.5)}}
 
 
-def test_auto_and_paper_settings_hold_their_measured_gaps(lg):
+@pytest.fixture
+def one_thread():
+    """The exact problems' truths depend on the LAPACK thread count: measure with one, then restore."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_auto_and_paper_settings_hold_their_measured_gaps(lg, one_thread):
     op, P = lg
-    torch.set_num_threads(1)  # the exact problems' truths depend on the LAPACK thread count
     ref = _psnr(P.posterior.mean, P.x)
     gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     auto = DDiff(P.prior).solve(P.y, P.operator, P.noise, generator=gen())
@@ -169,11 +177,11 @@ def test_cli_hp_words_choose_the_settings():
             _solver_options(a)
 
 
-@pytest.mark.parametrize("name", ["ct_parallel_beam", "mri_cartesian", "microscopy_widefield", "astro_psf", "hdr"])
+@pytest.mark.parametrize("name", ["ct_parallel_beam", "mri_cartesian", "microscopy_widefield", "astro_psf"])
 def test_default_fits_the_data_for_every_domain_operator(name):
     """The self-calibrated default runs on the domain models (CT sinograms, complex k-space, PSFs)
-    and the nonlinear HDR operator, and leaves each sample at the noise level (measured at 20
-    steps on this problem: χ²_ν 0.995–1.004, HDR 1.049 / 1.000 — its descent path needs more steps)."""
+    and leaves each sample at the noise level (measured at 20 steps on this problem with the
+    defaults: χ²_ν 0.995–1.003)."""
     import operators
 
     P = linear_gaussian_problem("mask", size=16, draws=2)
@@ -184,7 +192,7 @@ def test_default_fits_the_data_for_every_domain_operator(name):
     r = DDiff(P.prior, steps=20).solve(y, A, noise, generator=torch.Generator().manual_seed(1), x_shape=tuple(x.shape))
     m = y[0].numel() * (2 if y.is_complex() else 1)
     chi = discrepancy(noise, y, A(r.x.to(x.dtype))) / m
-    assert torch.all((chi > 0.95) & (chi < 1.1)), chi
+    assert torch.all((chi > 0.95) & (chi < 1.05)), chi
 
 
 def test_diffpir_refuses_noise_its_data_step_cannot_use():

@@ -30,7 +30,7 @@ def algorithm_1(prior, y, A, noise, steps, gamma_of, noising, t0, x_update, seed
                 (grad,) = torch.autograd.grad(noise.nll(y, A(vv)).sum(), vv)
             x = v - gamma_of(t) * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         else:  # 2'. the self-calibrated projection onto {‖y − A x‖² ≤ m σ²}
-            x, _ = project_to_discrepancy(A, noise, y, v, 1.0, 10)
+            x, _ = project_to_discrepancy(A, noise, y, v, 1.0, 5 if t_prev >= 0 else 20)
         eps_tilde = (x_t - math.sqrt(ab) * x) / math.sqrt(1 - ab)  # 3. implied noise
         if noising == "fresh":  # 5. noising step
             s = math.sqrt(1 - ab_prev)

@@ -16,7 +16,7 @@ moves, at any step budget and any σ.
 * **Linear operator, Gaussian noise** (``noise.quadratic``) — CGLS on ``min ‖y − A x‖²`` started at ``v`` and stopped at
   the discrepancy (the classic Krylov regularisation by early stopping), the last step shortened
   to land exactly on ``D = τ m`` (a quadratic in the step length). Masks are solved in one
-  iteration (``AᴴA`` is a projector), blur and super-resolution in a few.
+  iteration (``AᴴA`` is a projector), blur and super-resolution in a few (DDiff allows 5 per step).
 * **Anything else** (nonlinear operators, photon-counting noise) — gradient steps on the negative
   log-likelihood with backtracking, stopped the same way, the last step bisected onto ``D = τ m``.
 
