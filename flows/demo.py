@@ -1,7 +1,7 @@
 """The README's main job: ``ddiff demo`` — degrade, ingest, reconstruct, audit, report; offline, CPU.
 
 Room: ``flows`` — numpy, torch, ``operators``, ``ddiff.metrics``, ``storage``, the flows; the
-images come from scikit-image's bundled data through ``storage.sample_data.sample_images`` (the
+images come from scikit-image's bundled data through ``flows.sample_data.sample_images`` (the
 same loader and the same held-out split as the default prior's training: the demo frames are cut from the HELD-OUT rightmost 25 % of
 each image, which the prior never saw).
 
@@ -26,7 +26,7 @@ DEMO_OPERATOR = {"name": "gaussian_blur", "params": {"kernel_size": 25, "std": 2
 
 def heldout_images(min_size: int) -> list[tuple[str, np.ndarray]]:
     """``[(name, (H, W) float32 in [-1, 1])]``: held-out parts at least ``min_size`` on both sides."""
-    from storage.sample_data import sample_images
+    from .sample_data import sample_images
 
     _, held, names = sample_images()
     return [(n, h) for n, h in zip(names, held) if min(h.shape) >= min_size]
