@@ -24,9 +24,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 
 import operators  # noqa: E402
-from ddiff import benchmarking as B  # noqa: E402
-from flows import bench as FB  # noqa: E402
 from flows import tiles as T  # noqa: E402
+from flows.bench import flow as FB  # noqa: E402
+from flows.bench import protocol as B  # noqa: E402
 from flows.params import BenchmarkParams  # noqa: E402
 
 

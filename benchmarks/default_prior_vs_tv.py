@@ -27,8 +27,8 @@ import torch  # noqa: E402
 from ddiff import DDiff, TVReconstruction  # noqa: E402
 from ddiff.metrics import psnr, ssim  # noqa: E402
 from ddiff.priors import load_prior  # noqa: E402
+from flows.sample_data import crops, sample_images  # noqa: E402
 from operators import GaussianNoise, get_operator  # noqa: E402
-from storage.sample_data import crops, sample_images  # noqa: E402
 
 TASKS = {
     "gaussian_blur": dict(),

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddiff.metrics import psnr  # noqa: E402
 from ddiff.priors import load_prior  # noqa: E402
-from storage.sample_data import sample_images  # noqa: E402
+from flows.sample_data import sample_images  # noqa: E402
 
 SIGMAS = (0.1, 0.2, 0.4)
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddiff.priors.adm import PRESETS, ADMUNet  # noqa: E402
 from ddiff.training import CropSampler, TrainConfig, train  # noqa: E402
-from storage.sample_data import IMAGES, sample_images  # noqa: E402
+from flows.sample_data import IMAGES, sample_images  # noqa: E402
 
 #: The default prior's network (1 channel, ~1.9 M parameters, tiles divisible by 8).
 DEFAULT_MODEL = dict(PRESETS["compact"])

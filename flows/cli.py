@@ -12,11 +12,14 @@ Progress: a rich progress bar follows the output's ledger (works for local and D
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import threading
 from pathlib import Path
+
+# the helpers the demo shares live in flows.console (no import cycle cli <-> demo); these names stay
+# importable from flows.cli as before
+from .console import (_BenchProgress, _console, _kv, _LedgerProgress, _PollProgress,  # noqa: F401
+                      _solver_options, _spinner)
 
 __all__ = ["main", "build_parser"]
 
@@ -24,118 +27,12 @@ __all__ = ["main", "build_parser"]
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _kv(items: list[str] | None, what: str) -> dict:
-    """``["k=v", ...]`` -> dict, values parsed as JSON when possible (numbers, lists, true/false)."""
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise ValueError(f"{what} {it!r} must look like key=value")
-        k, v = it.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
-
-
-def _solver_options(a) -> dict:
-    """``SolverSpec`` keywords from ``--solver``, ``--steps`` and ``--hp`` (``K=V`` overrides, or
-    the bare word ``auto`` / ``paper`` choosing the settings)."""
-    words = [h for h in a.hp or [] if "=" not in h]
-    bad = [w for w in words if w not in ("auto", "paper")]
-    if bad or len(words) > 1:
-        raise ValueError(f"--hp {(bad or words)[0]!r}: give --hp auto, --hp paper (once) or --hp key=value")
-    spec = {"name": a.solver, "steps": a.steps, "hyperparameters": _kv([h for h in a.hp or [] if "=" in h], "--hp")}
-    if words:
-        spec["settings"] = words[0]
-    return spec
-
-
 def _quiet_prefect(verbose: bool) -> None:
     """Silence Prefect's console handler unless ``--verbose`` (must run before prefect is imported).
     Only the *console* handler changes: the API log handler still ships the runs' logs to the
     Prefect UI. Flow-failure tracebacks are therefore not printed (the CLI prints one line)."""
     if not verbose and "prefect" not in sys.modules:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-
-
-class _PollProgress:
-    """A rich progress bar fed from a background thread by ``poll() -> (completed, total | None)``
-    (it reads what the run has written to disk, so it works for local and Dask runs alike)."""
-
-    def __init__(self, poll, label: str, enabled: bool = True):
-        self.poll, self.label, self.enabled = poll, label, enabled
-        self._stop = threading.Event()
-        self._thread = None
-
-    def _update(self, bar, task) -> None:
-        try:
-            done, total = self.poll()
-            bar.update(task, total=total, completed=done)
-        except Exception:  # noqa: BLE001 - nothing written yet
-            pass
-
-    def _run(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=False) as bar:
-            task = bar.add_task(self.label, total=None)
-            while not self._stop.is_set():
-                self._update(bar, task)
-                self._stop.wait(0.5)
-            self._update(bar, task)
-
-    def __enter__(self):
-        if self.enabled:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
-def _LedgerProgress(output: str, label: str, enabled: bool = True) -> _PollProgress:
-    """Progress of a reconstruction: tiles solved in the output store's ledger."""
-
-    def poll():
-        import storage
-
-        out = storage.open_output(output)
-        return out.ledger.count("solved"), out.n_frames * out.plan.n_tiles
-
-    return _PollProgress(poll, label, enabled)
-
-
-def _BenchProgress(folder: str, label: str, enabled: bool = True) -> _PollProgress:
-    """Progress of a benchmark: finished cells against the grid in its ``config.json``."""
-
-    def poll():
-        from pathlib import Path
-
-        total = len(json.loads((Path(folder) / "config.json").read_text())["config"]["cells"])
-        return len(list((Path(folder) / "cells").glob("*.json"))), total
-
-    return _PollProgress(poll, label, enabled)
-
-
-def _spinner(label: str, enabled: bool):
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext()
-    from rich.console import Console
-
-    return Console(stderr=True).status(label)
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
 
 
 # ---------------------------------------------------------------------------------------------

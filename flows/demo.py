@@ -1,9 +1,10 @@
 """The README's main job: ``ddiff demo`` — degrade, ingest, reconstruct, audit, report; offline, CPU.
 
-Room: ``flows`` — numpy, torch, ``operators``, ``ddiff.metrics``, ``storage``, the flows; the
-images come from scikit-image's bundled data through ``storage.sample_data.sample_images`` (the
-same loader and the same held-out split as the default prior's training: the demo frames are cut from the HELD-OUT rightmost 25 % of
-each image, which the prior never saw).
+Room: ``flows`` — numpy, torch, ``operators``, ``ddiff.metrics``, ``storage``, the flows and
+:mod:`flows.console` (progress bars, solver options; never :mod:`flows.cli`); the images come from
+scikit-image's bundled data through ``flows.sample_data.sample_images`` (the same loader and the
+same held-out split as the default prior's training: the demo frames are cut from the HELD-OUT
+rightmost 25 % of each image, which the prior never saw).
 
 Stack: ``frames`` frames of ``size × size``, each the centre rows of one image's held-out part;
 degraded in model space ``[-1, 1]`` by ``operator`` and Gaussian noise ``sigma`` (seeded), and
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .console import _LedgerProgress, _solver_options, _spinner
+
 __all__ = ["heldout_images", "make_demo_stack", "DEMO_OPERATOR"]
 
 #: the demo's degradation: the paper's Gaussian blur family at a smaller kernel (halo 12 px)
@@ -26,7 +29,7 @@ DEMO_OPERATOR = {"name": "gaussian_blur", "params": {"kernel_size": 25, "std": 2
 
 def heldout_images(min_size: int) -> list[tuple[str, np.ndarray]]:
     """``[(name, (H, W) float32 in [-1, 1])]``: held-out parts at least ``min_size`` on both sides."""
-    from storage.sample_data import sample_images
+    from .sample_data import sample_images
 
     _, held, names = sample_images()
     return [(n, h) for n, h in zip(names, held) if min(h.shape) >= min_size]
@@ -74,7 +77,6 @@ def run_demo(a) -> int:
     import storage
 
     from . import audit_reconstruction, ingest_stack, reconstruct_stack
-    from .cli import _LedgerProgress, _spinner
     from .params import AuditParams, IngestParams, ReconstructParams
 
     con = Console()
@@ -135,9 +137,3 @@ def run_demo(a) -> int:
               + f"; solver {rec['solver_seconds']:.1f}s; total {total:.1f}s "
               f"({rec['solved']} tiles solved, {rec['skipped']} reused)")
     return 0
-
-
-def _solver_options(a) -> dict:
-    from .cli import _solver_options as options
-
-    return options(a)

@@ -1,5 +1,5 @@
-"""The benchmark: the protocol's pieces (ddiff.benchmarking), its resumable output folder
-(storage.bench_store) and the whole ``smoke`` preset under Prefect's test harness, with the
+"""The benchmark: the protocol's pieces (flows.bench.protocol), its resumable output folder
+(flows.bench.store) and the whole ``smoke`` preset under Prefect's test harness, with the
 embedded default prior — every file of the output layout, resume, refusal, determinism."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ddiff import DDiff
-from ddiff import benchmarking as B
 from ddiff.priors import GaussianPrior
 from ddiff.priors.exact import se_covariance
+from flows.bench import protocol as B
 from operators import GaussianNoise, get_operator
 
 
@@ -98,8 +98,8 @@ def test_image_metrics_data_fit_is_ideal_at_the_truth():
 
 # ---------------------------------------------------------------- the output folder ---------
 def test_store_refuses_another_configuration_and_writes_only_under_its_lock(tmp_path):
+    from flows.bench.store import BenchmarkStore, cell_key, put_cell
     from storage import ConfigMismatchError, LockError
-    from storage.bench_store import BenchmarkStore, cell_key, put_cell
 
     rec = [dict(task="hdr", solver="tv", sigma_y=0.05, nfe_budget=0, image="a", image_index=0, run=0, runs=1,
                 psnr=20.0, ssim=0.5, lpips=float("nan"), chi2_nu=1.0, residual=0.0, nfe=0, seconds=0.1,
@@ -122,7 +122,7 @@ def test_store_refuses_another_configuration_and_writes_only_under_its_lock(tmp_
 
 
 def test_user_images_are_cropped_scaled_and_checked(tmp_path):
-    from storage.bench_store import load_eval_images
+    from flows.bench.store import load_eval_images
 
     imgs = (np.arange(3 * 40 * 50) % 256).astype(np.uint8).reshape(3, 40, 50)
     np.save(tmp_path / "imgs.npy", imgs)
@@ -168,7 +168,7 @@ def smoke(tmp_path_factory, prefect_harness):
 
 def test_smoke_preset_writes_every_file_of_the_output_layout(smoke):
     from flows.bench import OUTPUT_FILES
-    from storage.bench_store import RECORD_COLUMNS
+    from flows.bench.store import RECORD_COLUMNS
 
     out, r = smoke
     assert sorted(r["files"]) == sorted(OUTPUT_FILES)

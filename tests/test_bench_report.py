@@ -1,4 +1,4 @@
-"""Tests for flows.bench_report on a small synthetic, seeded benchmark DataFrame."""
+"""Tests for flows.bench.report on a small synthetic, seeded benchmark DataFrame."""
 from __future__ import annotations
 
 import matplotlib.image as mpimg
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from flows import bench_report as br
+from flows.bench import report as br
 
 TASKS = ("phase_retrieval", "super_resolution")  # deliberately not in table order
 SOLVERS = ("tv", "dps", "ddiff")

@@ -7,7 +7,7 @@ from ddiff import DDiff
 from ddiff.metrics import psnr, ssim
 from ddiff.priors import load_prior
 from operators import GaussianNoise, get_operator
-from storage.sample_data import crops, sample_images
+from flows.sample_data import crops, sample_images
 prior = load_prior("default")
 train, held, _ = sample_images()
 x_tune = torch.from_numpy(crops(train, 6, 64, seed=1)); x_test = torch.from_numpy(crops(held, 12, 64, seed=2))

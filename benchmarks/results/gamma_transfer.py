@@ -4,10 +4,10 @@
 import math, sys, time
 sys.path[:] = [p for p in sys.path if not p.endswith("results") and not p.endswith("benchmarks")]
 import torch
-from ddiff import benchmarking as B
+from flows.bench import protocol as B
 from ddiff.priors import load_prior
 from operators import GaussianNoise, get_operator
-from storage.sample_data import crops, sample_images
+from flows.sample_data import crops, sample_images
 
 prior = load_prior("default")
 train, _, _ = sample_images()

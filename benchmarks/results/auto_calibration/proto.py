@@ -5,9 +5,9 @@ from ddiff import DDiff, DiffPIR, TVReconstruction
 from ddiff.solvers.ddiff import DDiff as _D
 from ddiff.solvers.diffpir import _rdot, _real
 from ddiff.priors import load_prior
-from ddiff.benchmarking import task_operator_params, solver_kwargs, build_solver, image_metrics
+from flows.bench.protocol import task_operator_params, solver_kwargs, build_solver, image_metrics
 from operators import GaussianNoise, get_operator
-from storage.sample_data import sample_images, crops
+from flows.sample_data import sample_images, crops
 
 def project(operator, y, v, eps, iters):
     x = v.clone()

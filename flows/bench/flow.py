@@ -1,8 +1,12 @@
 """``benchmark``: the paper's protocol — Table 1, the Table 2 ablation, the noise study (Fig. 3)
 and the NFE/time study (Fig. 5) — on any prior and images, from one flow (``ddiff bench``).
 
-Room: ``flows`` — prefect, torch, ``ddiff.benchmarking`` (tasks, solvers, metrics), ``storage``
-(the resumable output folder), :mod:`flows.bench_report` (tables and plots).
+Room: ``flows`` (the benchmark package :mod:`flows.bench`) — prefect, torch, the package's
+:mod:`~flows.bench.protocol` (tasks, solvers, metrics), :mod:`~flows.bench.store` (the resumable
+output folder), :mod:`~flows.bench.report` and :mod:`~flows.bench.claims` (tables, plots, claims),
+:mod:`flows.sample_data` (the bundled images), ``flows.tiles`` and ``flows.params``. Imports are
+absolute (``flows.…``) so the deployment entrypoint ``flows/bench/flow.py:benchmark``, which Prefect
+loads as a script, resolves them the same way as ``import flows.bench``.
 
 The grid is a list of *cells* ``(task, solver, σ_y, NFE budget)``:
 
@@ -20,7 +24,7 @@ that are not RGB multiples of 128 px) is skipped and named in the report.
 
 Output (``out``): ``config.json``, ``cells/``, ``results.csv``, ``results.zarr``,
 ``summary.csv``, ``table1.md``, ``table2.md``, ``timing.md``, ``claims.md`` (the paper's four
-claims checked on these records, :mod:`flows.bench_claims`), ``noise_sweep.png``,
+claims checked on these records, :mod:`flows.bench.claims`), ``noise_sweep.png``,
 ``nfe_sweep.png``, ``qualitative.png``, ``report.md``. Rerunning the same configuration resumes.
 """
 from __future__ import annotations
@@ -37,10 +41,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from ddiff import benchmarking as B
-
-from . import tiles as T
-from .params import BenchmarkParams
+from flows import tiles as T
+from flows.bench import protocol as B
+from flows.params import BenchmarkParams
 
 __all__ = ["benchmark", "plan_cells", "OUTPUT_FILES"]
 
@@ -94,8 +97,8 @@ def _skipped_tasks(r: dict, channels: int) -> dict[str, str]:
 @functools.lru_cache(maxsize=4)
 def _images(images: str | None, size: int, n: int, channels: int, tune: int) -> tuple:
     """``(x_eval, names, x_tune)``: evaluation images and TV-tuning crops, ``(N, C, size, size)``."""
-    from storage.bench_store import load_eval_images, match_channels
-    from storage.sample_data import crops, sample_images
+    from flows.bench.store import load_eval_images, match_channels
+    from flows.sample_data import crops, sample_images
 
     train, held, _ = sample_images()
     x_tune = match_channels(crops(train, tune, size, seed=1), channels)
@@ -143,7 +146,7 @@ def _tv_weight(task: str, sigma: float, cfg_json: str) -> float:
 def run_cell(cfg_json: str, cell: dict, run_id: str) -> dict:
     """Solve one cell, store its per-image records (and image 0's reconstruction); returns a summary."""
     import operators
-    from storage.bench_store import cell_key, put_cell
+    from flows.bench.store import cell_key, put_cell
 
     r = json.loads(cfg_json)
     task_, solver, sigma, nfe_budget = cell["task"], cell["solver"], cell["sigma_y"], cell["nfe_budget"]
@@ -177,10 +180,11 @@ def run_cell(cfg_json: str, cell: dict, run_id: str) -> dict:
 @flow(name="benchmark", persist_result=False)
 def benchmark(params: BenchmarkParams, artifacts: bool = True, command: str | None = None) -> dict:
     """Run (or resume) the benchmark of ``params``; returns ``{"out", "files", "cells", "skipped"}``."""
-    from storage.bench_store import BenchmarkStore, cell_key
+    from flows.bench.store import BenchmarkStore, cell_key
 
-    from . import bench_claims, bench_report
-    from .reconstruct import artifact_key
+    from flows.bench import claims as bench_claims
+    from flows.bench import report as bench_report
+    from flows.reconstruct import artifact_key
 
     p = params if isinstance(params, BenchmarkParams) else BenchmarkParams.model_validate(params)
     logger = get_run_logger()
@@ -240,7 +244,7 @@ def _prior_sha256(prior: str) -> str:
 def _qualitative(store, r: dict, cells: list[dict]) -> dict:
     """``{task: {"truth", "measurement", solver...: 2-D array}}`` for image 0 of the main cells
     (channel mean for RGB)."""
-    from storage.bench_store import cell_key
+    from flows.bench.store import cell_key
 
     x, _, _ = _images(r["images"], r["size"], r["n_images"], r["channels"], r["tune_images"])
     out: dict = {}

@@ -1,8 +1,8 @@
 """The DDiff paper's four claims (``ddiff_algorithm.md``) checked on a benchmark's records, with the
 paper's own numbers alongside.
 
-Room: ``flows`` — pandas, numpy, scipy; reuses :mod:`flows.bench_report`'s labels and markdown
-helpers. No torch.
+Room: ``flows`` (the benchmark package :mod:`flows.bench`) — pandas, numpy, scipy; reuses
+:mod:`flows.bench.report`'s labels and markdown helpers. No torch.
 
 Comparisons are *paired*: two methods on the same images and measurements, the per-image PSNR
 difference, its mean and 95 % t-interval. A claim's verdict on one comparison is **holds** when
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .bench_report import SOLVER_LABELS, TASK_ORDER, markdown_table, mean_ci95, task_label
+from .report import SOLVER_LABELS, TASK_ORDER, markdown_table, mean_ci95, task_label
 
 __all__ = ["PAPER_TABLE1_FFHQ", "PAPER_TABLE2", "paired_difference", "claims_markdown"]
 

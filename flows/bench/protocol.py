@@ -1,8 +1,10 @@
 """The paper's evaluation protocol on tensors: its tasks, every solver at one NFE budget, the
 per-image metrics, and best-of-R for unstable tasks.
 
-Room: ``ddiff`` — torch, numpy, ``operators``. No files, no Prefect: :mod:`flows.bench` runs the
-grid, :mod:`storage.bench_store` keeps the records, :mod:`flows.bench_report` renders them.
+Room: ``flows`` (the benchmark package :mod:`flows.bench`) — torch, numpy, ``operators``, ``ddiff``
+(solvers, metrics). No files, no Prefect: :mod:`flows.bench.flow` runs the grid,
+:mod:`flows.bench.store` keeps the records, :mod:`flows.bench.report` renders them. It lives in
+``flows`` rather than ``ddiff`` because it is the benchmark's protocol, not part of the solver library.
 
 Conventions (``ddiff_algorithm.md``, ``baselines_spec.md``):
 
@@ -33,10 +35,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import metrics
-from .solvers import DAPS, DPS, DDiff, DDiffHQS, DiffPIR, DiffPnPADMM, DiffPnPHQS, TVReconstruction
-from .solvers.ddiff import PAPER_HYPERPARAMETERS
-from .solvers.dps import DPS_SCALES
+from ddiff import metrics
+from ddiff.solvers import DAPS, DPS, DDiff, DDiffHQS, DiffPIR, DiffPnPADMM, DiffPnPHQS, TVReconstruction
+from ddiff.solvers.ddiff import PAPER_HYPERPARAMETERS
+from ddiff.solvers.dps import DPS_SCALES
 
 __all__ = ["TASKS", "SOLVERS", "DIFFUSION_SOLVERS", "ABLATION", "DDIFF_HQS_REFERENCE", "BASELINE_FALLBACK", "task_operator_params",
            "solver_kwargs", "build_solver", "image_metrics", "CellResult", "solve_best_of", "forward_seconds",

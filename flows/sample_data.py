@@ -1,6 +1,10 @@
 """The sample images bundled with scikit-image, split into training and held-out parts.
 
-Room: ``storage`` — numpy (+ scikit-image's bundled data); no torch.
+Room: ``flows`` — numpy (+ scikit-image's bundled data); no torch, prefect, zarr or xarray. It is
+not a store (nothing Zarr/xarray, so not ``storage``) and holds no model code (so not ``ddiff``);
+its users are the flows (``ddiff demo`` in :mod:`flows.demo`, the benchmark in :mod:`flows.bench`)
+and the scripts in ``benchmarks/`` (training the default prior, its model card), and
+scikit-image is a ``flows`` dependency — so it lives here, next to the code that loads it.
 
 The embedded default prior is trained on single-channel crops of these images and everything
 that evaluates it (the model card, ``ddiff demo``, the CPU benchmark) uses the held-out part only:

@@ -1,7 +1,7 @@
 """Benchmark report: summary statistics, paper-style markdown tables and PNG figures.
 
-Room: ``flows`` — pandas, numpy, scipy, matplotlib, and ``storage.safety.atomic_write`` for every file
-(no torch, nothing else from ``flows``).
+Room: ``flows`` (the benchmark package :mod:`flows.bench`) — pandas, numpy, scipy, matplotlib, and
+``storage.safety.atomic_write`` for every file (no torch, nothing else from ``flows``).
 Figures are drawn on ``matplotlib.figure.Figure`` objects rendered by the Agg canvas, so importing
 this module never changes the global pyplot backend.
 
@@ -310,7 +310,7 @@ def write_report(folder, df: pd.DataFrame, *, sigma_y: float, nfe_budget: int,
 
     ``sweep_task`` defaults to the first task of the summary; ``noise_solvers`` / ``nfe_solvers``
     restrict the sweep plots (default: every solver present). ``comparison`` (markdown, e.g. the
-    claim checks of :mod:`flows.bench_claims`) is written to claims.md and appended to report.md.
+    claim checks of :mod:`flows.bench.claims`) is written to claims.md and appended to report.md.
     Returns ``{file name: path}``.
     """
     folder = Path(folder)

@@ -1,6 +1,8 @@
 """A benchmark's output folder: one record file per finished cell, resumable, plus the tidy tables.
 
-Room: ``storage`` — numpy, xarray/zarr, pandas; never torch, prefect, ``ddiff`` or ``flows``.
+Room: ``flows`` (the benchmark package :mod:`flows.bench`) — numpy, xarray/zarr, pandas and
+``storage`` (its safety helpers and readers); never torch, prefect or ``ddiff``. It lives here, not
+in ``storage``, because it is the benchmark's own output format rather than a pipeline store.
 
 Layout of ``folder``::
 
@@ -25,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .safety import (ConfigMismatchError, RunLock, atomic_write, atomic_write_json, canonical_hash, read_json,
-                     require_lock, safe_subpath)
+from storage.safety import (ConfigMismatchError, RunLock, atomic_write, atomic_write_json, canonical_hash, read_json,
+                             require_lock, safe_subpath)
 
 __all__ = ["BenchmarkStore", "put_cell", "cell_key", "METRICS", "RECORD_COLUMNS", "load_eval_images", "match_channels"]
 
@@ -162,7 +164,7 @@ def load_eval_images(source: str | os.PathLike, size: int, n: int, channels: int
     ``[0, 1]``. Each image is centre-cropped to ``size``; grayscale is repeated to 3 channels when
     the prior is RGB. Errors name the file and the fix.
     """
-    from .readers import open_source
+    from storage.readers import open_source
 
     reader = open_source(source)
     T, C, H, W = reader.shape
