@@ -36,3 +36,20 @@ def test_sampler_reads_model_space_crops_from_the_store(flows_env):
         hits = [(t, i, j) for t in range(y.shape[0]) for i in range(48 - 15) for j in range(40 - 15)
                 if np.allclose(y[t, :, i:i + 16, j:j + 16], c, atol=1e-6)]
         assert hits
+
+
+def test_train_prior_init_from_the_embedded_prior(flows_env, tmp_path):
+    """``init="default"`` starts from the shipped weights: one step whose scheduled lr is 0
+    (linear decay to lr_min=0) exports those weights (the EMA ``d·w + (1−d)·w`` up to rounding)."""
+    from safetensors.torch import load_file
+
+    from ddiff.priors.loading import weights_path
+
+    p = flows.TrainParams(data_store=str(flows_env["input"]), out_dir=str(tmp_path / "train"), preset="compact",
+                          crop=16, steps=1, batch_size=2, init="default", lr_schedule="linear", lr_min=0.0,
+                          low_t_fraction=0.5, ema_decay=0.998, export=str(tmp_path / "prior.safetensors"))
+    r = flows.train_prior(p, artifacts=False)
+    assert r["step"] == 1
+    ref, got = load_file(str(weights_path("default"))), load_file(str(tmp_path / "prior.safetensors"))
+    assert ref.keys() == got.keys()
+    assert all(torch.allclose(got[k], ref[k], rtol=1e-6, atol=1e-9) for k in ref)
