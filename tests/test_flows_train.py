@@ -38,18 +38,29 @@ def test_sampler_reads_model_space_crops_from_the_store(flows_env):
         assert hits
 
 
-def test_train_prior_init_from_the_embedded_prior(flows_env, tmp_path):
-    """``init="default"`` starts from the shipped weights: one step whose scheduled lr is 0
-    (linear decay to lr_min=0) exports those weights (the EMA ``d·w + (1−d)·w`` up to rounding)."""
+def test_ddiff_train_init_from_the_embedded_prior(flows_env, tmp_path):
+    """``ddiff train --init default`` starts from the shipped weights: one step whose scheduled lr is 0
+    (linear decay to lr_min=0) exports those weights (the EMA ``d·w + (1−d)·w`` up to rounding); the
+    recipe options reach the checkpoint's recorded config."""
+    import hashlib
+    import json
+
     from safetensors.torch import load_file
 
     from ddiff.priors.loading import weights_path
+    from ddiff.training import latest_checkpoint
+    from flows.cli import main
 
-    p = flows.TrainParams(data_store=str(flows_env["input"]), out_dir=str(tmp_path / "train"), preset="compact",
-                          crop=16, steps=1, batch_size=2, init="default", lr_schedule="linear", lr_min=0.0,
-                          low_t_fraction=0.5, ema_decay=0.998, export=str(tmp_path / "prior.safetensors"))
-    r = flows.train_prior(p, artifacts=False)
-    assert r["step"] == 1
-    ref, got = load_file(str(weights_path("default"))), load_file(str(tmp_path / "prior.safetensors"))
+    out, exported = tmp_path / "train", tmp_path / "prior.safetensors"
+    assert main(["train", str(flows_env["input"]), str(out), "--preset", "compact", "--crop", "16", "--steps", "1",
+                 "--batch-size", "2", "--init", "default", "--lr-schedule", "linear", "--lr-min", "0",
+                 "--warmup-steps", "0", "--ema", "0.998", "--low-t-fraction", "0.5", "--export", str(exported),
+                 "--no-progress"]) == 0
+    ref, got = load_file(str(weights_path("default"))), load_file(str(exported))
     assert ref.keys() == got.keys()
     assert all(torch.allclose(got[k], ref[k], rtol=1e-6, atol=1e-9) for k in ref)
+    meta = json.loads((latest_checkpoint(out) / "config.json").read_text())
+    assert meta["init"]["sha256"] == hashlib.sha256(weights_path("default").read_bytes()).hexdigest()
+    t = meta["train"]
+    assert (t["lr_schedule"], t["lr_min"], t["ema_decay"], t["ema_warmup"], t["low_t_fraction"]) == \
+        ("linear", 0.0, 0.998, False, 0.5)
