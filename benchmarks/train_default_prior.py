@@ -14,6 +14,12 @@ Reproducible: one seed drives crops, augmentations, timesteps and noise; rerunni
 
     OMP_NUM_THREADS=2 python benchmarks/train_default_prior.py --steps 5000 \
         --out /tmp/team/default_prior_run --max-minutes 75
+
+Staged: ``--init default`` (an embedded prior's name, or a weights path) starts a new stage from
+those weights with a fresh optimizer; ``--lr-schedule cosine --lr-min 2e-5 --warmup-steps 100``
+decays the learning rate over the stage's ``--steps``; ``--no-ema-warmup`` keeps the EMA anchored
+at the init weights from step 1. Everything lands in the checkpoints' ``config.json``.
+``--export CKPT --export-dir DIR`` writes a checkpoint's EMA to a scratch folder for evaluation.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddiff.priors.adm import PRESETS, ADMUNet  # noqa: E402
+from ddiff.priors.loading import weights_path  # noqa: E402
 from ddiff.training import CropSampler, TrainConfig, train  # noqa: E402
 from flows.sample_data import IMAGES, sample_images  # noqa: E402
 
@@ -47,6 +54,7 @@ def export_default(checkpoint_dir, dest_dir=None) -> Path:
     ema = load_file(str(ck / "ema.safetensors"))
     save_file(ema, str(dest / "default.safetensors"), metadata={"ddiff_config": json.dumps(meta["model"])})
     card = {"model": meta["model"], "step": meta["step"], "wall_time_s": meta.get("wall_time_s"),
+            "init": meta.get("init"),
             "last_batch_loss": meta.get("last_loss"), "train": meta["train"], "weights": "EMA",
             "data": {"images": list(IMAGES), "holdout": "rightmost 25% of each image", "crop": 64}}
     (dest / "default.json").write_text(json.dumps(card, indent=2))
@@ -70,11 +78,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", default=json.dumps(DEFAULT_MODEL), help="ADMConfig as JSON")
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--init", default=None, metavar="NAME_OR_PATH",
+                    help="start a new stage from these weights ('default' or a .safetensors/.pt path)")
+    ap.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine", "linear"))
+    ap.add_argument("--lr-min", type=float, default=0.0, help="lr at the last step of a decaying schedule")
+    ap.add_argument("--warmup-steps", type=int, default=0, help="linear lr warm-up steps")
+    ap.add_argument("--no-ema-warmup", action="store_true",
+                    help="full EMA decay from step 1 (for a stage that starts from trained weights)")
     ap.add_argument("--export", metavar="CKPT_DIR", default=None,
                     help="only export CKPT_DIR's EMA weights as the embedded default prior, then exit")
+    ap.add_argument("--export-dir", default=None,
+                    help="with --export: write default.safetensors/.json here instead of ddiff/priors/weights")
     args = ap.parse_args(argv)
     if args.export:
-        path = export_default(args.export)
+        path = export_default(args.export, args.export_dir)
         print(f"exported {args.export} -> {path} ({path.stat().st_size / 2**20:.2f} MiB)")
         return {"exported": str(path)}
 
@@ -88,10 +105,12 @@ def main(argv=None) -> dict:
           flush=True)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, ema_decay=args.ema,
                       checkpoint_every=args.checkpoint_every, seed=args.seed,
-                      low_t_fraction=args.low_t_fraction)
+                      low_t_fraction=args.low_t_fraction, lr_schedule=args.lr_schedule, lr_min=args.lr_min,
+                      warmup_steps=args.warmup_steps, ema_warmup=not args.no_ema_warmup)
+    init = None if args.init is None else weights_path(args.init)
     t0 = time.time()
     res = train(net, sampler, cfg, args.out, resume=not args.no_resume, device=args.device,
-                max_wall_s=None if args.max_minutes is None else 60 * args.max_minutes)
+                max_wall_s=None if args.max_minutes is None else 60 * args.max_minutes, init_from=init)
     summary = {k: v for k, v in res.items() if k != "ema"}
     summary["this_call_s"] = time.time() - t0
     print(json.dumps(summary), flush=True)

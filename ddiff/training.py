@@ -21,10 +21,19 @@ plain containers only, loaded with ``torch.load(weights_only=True)``). ``out_dir
 names the newest complete checkpoint and is written last (atomically), so a crash mid-write never
 leaves a half checkpoint behind as "latest". ``out_dir/loss.jsonl`` logs one JSON line per
 ``log_every`` steps.
+
+Staged training: ``train(..., init_from=path)`` starts a fresh run (new optimizer, step 0) from
+the weights of an existing safetensors/``.pt`` file — e.g. the shipped prior's EMA — so a second
+stage can continue a finished one with its own learning-rate schedule (:func:`lr_at`: constant,
+or cosine/linear decay to ``lr_min`` over the stage's ``steps``, after an optional linear warm-up).
+The schedule is a pure function of the step and of the config recorded in every checkpoint, so
+resuming a stage stays bit-exact; the init file's path and sha256 are recorded there too.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -40,7 +49,7 @@ from torch import nn
 from .priors.adm import ADMUNet
 from .schedule import VPSchedule
 
-__all__ = ["TrainConfig", "CropSampler", "augment_dihedral", "train", "latest_checkpoint", "load_ema"]
+__all__ = ["TrainConfig", "CropSampler", "augment_dihedral", "train", "latest_checkpoint", "load_ema", "lr_at"]
 
 Sampler = Callable[[torch.Generator, int], torch.Tensor]
 
@@ -69,6 +78,10 @@ class TrainConfig:
     augment: bool = True
     low_t_fraction: float = 0.0
     low_t_max: int = 250
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    warmup_steps: int = 0
+    ema_warmup: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1 or self.log_every < 1:
@@ -80,6 +93,34 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)
         if not 0.0 <= self.low_t_fraction <= 1.0 or self.low_t_max < 1:
             raise ValueError("TrainConfig: need 0 <= low_t_fraction <= 1 and low_t_max >= 1")
+        if self.lr_schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"TrainConfig: lr_schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
+        if not 0.0 <= self.lr_min <= self.lr or self.warmup_steps < 0:
+            raise ValueError("TrainConfig: need 0 <= lr_min <= lr and warmup_steps >= 0")
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Learning rate of optimisation step ``step`` (0-based: the step that moves the weights from
+    ``step`` to ``step + 1`` done steps). Warm-up ``lr·(step+1)/warmup_steps`` for the first
+    ``warmup_steps`` steps, then constant ``lr`` or a decay that reaches ``lr_min`` at the last
+    step (``steps − 1``): cosine ``lr_min + (lr − lr_min)·(1 + cos πp)/2`` or linear, with
+    ``p`` the fraction of the post-warm-up steps already done."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = config.steps - 1 - config.warmup_steps
+    p = 1.0 if span <= 0 else min(1.0, (step - config.warmup_steps) / span)
+    shape = 0.5 * (1 + math.cos(math.pi * p)) if config.lr_schedule == "cosine" else 1 - p
+    return config.lr_min + (config.lr - config.lr_min) * shape
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class CropSampler:
@@ -212,7 +253,7 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def train(model: ADMUNet, sample: Sampler, config: TrainConfig, out_dir, *, resume: bool = True,
           device=None, schedule: VPSchedule | None = None, progress: bool = True,
-          max_wall_s: float | None = None) -> dict:
+          max_wall_s: float | None = None, init_from=None) -> dict:
     """Train ``model`` (in place) for ``config.steps`` total steps; returns a summary dict.
 
     ``sample(generator, batch)`` yields clean crops ``(B, C, h, w)`` in ``[−1, 1]``. With
@@ -220,6 +261,11 @@ def train(model: ADMUNet, sample: Sampler, config: TrainConfig, out_dir, *, resu
     restored and training continues up to ``config.steps`` (the same total). bf16 autocast is
     used on CUDA only; CPU runs are fp32 and deterministic. ``max_wall_s`` stops this call early
     (after a checkpoint) once that many seconds have passed; a later call resumes from there.
+
+    ``init_from``: a ``.safetensors``/``.pt`` weight file (loaded without pickle, keys and shapes
+    must match ``model`` exactly) whose weights start a NEW run — model and EMA both begin there,
+    the optimizer is fresh. Ignored when a checkpoint is resumed (it already holds the weights);
+    its path and sha256 are recorded in every checkpoint's ``config.json`` as ``init``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +278,14 @@ def train(model: ADMUNet, sample: Sampler, config: TrainConfig, out_dir, *, resu
     params = [p for p in model.parameters()]
     opt = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
-    ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+    init = None
+    if init_from is not None:
+        from .priors.loading import check_state_dict, load_state_dict_file
+
+        init_path = Path(init_from).resolve()
+        sd, _ = load_state_dict_file(init_path)
+        check_state_dict(model, sd)
+        init = {"path": str(init_path), "sha256": _sha256(init_path)}
     step, wall_before = 0, 0.0
 
     ck = latest_checkpoint(out_dir) if resume else None
@@ -250,9 +303,14 @@ def train(model: ADMUNet, sample: Sampler, config: TrainConfig, out_dir, *, resu
         gen.set_state(state["rng"].cpu())
         step = int(state["step"])
         wall_before = float(meta.get("wall_time_s", 0.0))
+        init = meta.get("init")
         _truncate_log(out_dir / "loss.jsonl", step)  # drop entries logged after that checkpoint
-    elif (out_dir / "loss.jsonl").exists():
-        _truncate_log(out_dir / "loss.jsonl", 0)
+    else:
+        if init is not None:  # a new stage: weights (and so the EMA) start from the init file
+            model.load_state_dict(sd, strict=True)
+        ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        if (out_dir / "loss.jsonl").exists():
+            _truncate_log(out_dir / "loss.jsonl", 0)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = _progress(config.steps, step, progress)
@@ -279,11 +337,13 @@ def train(model: ADMUNet, sample: Sampler, config: TrainConfig, out_dir, *, resu
                 raise FloatingPointError(f"non-finite loss at step {step}; lower lr or check the data range")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(config, step)
             if config.grad_clip:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             opt.step()
             step += 1
-            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            decay = min(config.ema_decay, (1 + step) / (10 + step)) if config.ema_warmup else config.ema_decay
             with torch.no_grad():
                 for k, v in model.state_dict().items():
                     ema[k].mul_(decay).add_(v.float(), alpha=1 - decay)
@@ -305,7 +365,8 @@ def train(model: ADMUNet, sample: Sampler, config: TrainConfig, out_dir, *, resu
                 wall = wall_before + time.time() - t_start
                 ck_path = _save_checkpoint(
                     out_dir, step, model, ema, opt, gen, config,
-                    {"wall_time_s": wall, "last_loss": last_loss, "device": str(device)},
+                    {"wall_time_s": wall, "last_loss": last_loss, "device": str(device), "init": init,
+                     "lr": lr_at(config, step - 1)},
                     config.keep_checkpoints,
                 )
             if out_of_time:

@@ -133,7 +133,8 @@ def cmd_train(a) -> int:
 
     p = TrainParams(data_store=a.data, out_dir=a.out_dir, preset=a.preset, crop=a.crop, steps=a.steps,
                     batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device, max_minutes=a.max_minutes,
-                    export=a.export)
+                    export=a.export, init=a.init, lr_schedule=a.lr_schedule, lr_min=a.lr_min,
+                    warmup_steps=a.warmup_steps, ema_decay=a.ema, low_t_fraction=a.low_t_fraction)
     with _spinner(f"training {a.preset} ({a.steps} steps, log: {a.out_dir}/loss.jsonl)", not a.no_progress):
         r = train_prior(p)
     _console().print(f"[green]trained[/green] step {r.get('step')} loss {r.get('last_loss')} -> {r.get('checkpoint')}"
@@ -250,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None)
     sp.add_argument("--max-minutes", type=float, default=None)
     sp.add_argument("--export", default=None, help="write the EMA weights to this .safetensors at the end")
+    sp.add_argument("--init", default=None, help="start from these weights ('default' or a .safetensors/.pt path)")
+    sp.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"])
+    sp.add_argument("--lr-min", type=float, default=0.0, help="lr at the last step of a cosine/linear schedule")
+    sp.add_argument("--warmup-steps", type=int, default=0)
+    sp.add_argument("--ema", type=float, default=0.999, help="EMA decay")
+    sp.add_argument("--low-t-fraction", type=float, default=0.0, help="share of each batch with t < 250")
     sp.set_defaults(fn=cmd_train)
 
     sp = sub.add_parser(

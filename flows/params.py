@@ -202,6 +202,13 @@ class TrainParams(_Model):
     max_minutes: Optional[float] = Field(None, gt=0)
     export: Optional[str] = Field(None, description="write the EMA weights here as .safetensors when done")
     gpu_limit: Optional[str] = Field("gpu", description="Prefect global concurrency limit held while training on CUDA")
+    init: Optional[str] = Field(None, description="start a new run from these weights: 'default' or a "
+                                ".safetensors/.pt path (staged training; ignored when resuming)")
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    lr_min: float = Field(0.0, ge=0, description="lr reached at the last step of a cosine/linear schedule")
+    warmup_steps: int = Field(0, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    low_t_fraction: float = Field(0.0, ge=0, le=1, description="share of each batch with t < 250")
 
 
 #: the benchmark's solvers: the seven diffusion solvers (DDiff twice: ``ddiff`` with the paper's values,

@@ -32,6 +32,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import storage
+from ddiff.priors.loading import NAMED_WEIGHTS
 
 from . import tiles as T
 from .params import ReconstructParams
@@ -87,7 +88,7 @@ def run_config(p: ReconstructParams) -> tuple[dict, "T.Geometry", int, str]:
     config = {
         "operator": {"name": p.operator.name, "params": p.operator.params},
         "noise": p.noise.model_dump(),
-        "prior": p.prior if p.prior == "default" else Path(p.prior).name,
+        "prior": p.prior if p.prior in NAMED_WEIGHTS else Path(p.prior).name,
         "prior_path": prior_path,
         "solver": p.solver.name,
         "hyperparameters": p.solver.resolve(p.operator.name),

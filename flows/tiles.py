@@ -74,17 +74,19 @@ _CACHE_LOCK = threading.Lock()
 
 
 def prior_identity(prior: str) -> tuple[str, str | None]:
-    """``(resolved path or 'default', sha256 of the weights file or None)`` for the config hash."""
-    from ddiff.priors.loading import DEFAULT_WEIGHTS
+    """``(embedded prior name or resolved path, sha256 of the weights file)`` for the config hash."""
     from pathlib import Path
 
-    path = DEFAULT_WEIGHTS if prior == "default" else Path(prior)
+    from ddiff.priors.loading import NAMED_WEIGHTS
+
+    named = prior in NAMED_WEIGHTS
+    path = NAMED_WEIGHTS[prior] if named else Path(prior)
     if not path.is_file():
-        if prior == "default":
-            raise FileNotFoundError(f"the embedded default prior is missing ({path}); pass --prior PATH "
+        if named:
+            raise FileNotFoundError(f"the embedded prior {prior!r} is missing ({path}); pass --prior PATH "
                                     "to a .safetensors/.pt checkpoint")
         raise FileNotFoundError(f"prior checkpoint {prior!r} not found; pass 'default' or a .safetensors/.pt path")
-    return ("default" if prior == "default" else str(path.resolve())), storage.file_sha256(path)
+    return (prior if named else str(path.resolve())), storage.file_sha256(path)
 
 
 def load_prior_cached(prior: str, device: str = "cpu", dtype: str = "fp32"):

@@ -5,7 +5,9 @@ Room: ``flows`` — prefect, ``storage`` (reading crops), ``ddiff.training`` (th
 Data never sits whole in memory: :class:`ZarrCropSampler` reads each random crop straight from the
 store (one chunk-aligned read per crop), mapped to model space by the store's intensity map; all
 randomness comes from the trainer's generator, so the trainer's exact resume still holds.
-Rerunning with the same ``out_dir`` resumes from its last checkpoint.
+Rerunning with the same ``out_dir`` resumes from its last checkpoint. ``init`` starts a new stage
+from existing weights (e.g. ``"default"`` to fine-tune the embedded prior on your data); the EMA then
+starts at those weights without warm-up.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 
 import storage
 from ddiff.priors.adm import PRESETS, ADMConfig, ADMUNet
+from ddiff.priors.loading import weights_path
 from ddiff.training import TrainConfig, latest_checkpoint, train
 
 from .params import TrainParams
@@ -83,7 +86,10 @@ def train_prior(params: TrainParams, artifacts: bool = True) -> dict:
     if p.crop % model.downsampling:
         raise ValueError(f"crop={p.crop} must be divisible by the network's downsampling {model.downsampling}")
     tc = TrainConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, seed=p.seed,
-                     checkpoint_every=max(1, min(500, p.steps or 1)))
+                     checkpoint_every=max(1, min(500, p.steps or 1)), lr_schedule=p.lr_schedule, lr_min=p.lr_min,
+                     warmup_steps=p.warmup_steps, ema_decay=p.ema_decay, ema_warmup=p.init is None,
+                     low_t_fraction=p.low_t_fraction)
+    init = None if p.init is None else weights_path(p.init)
     logger.info("training %s (%d params) on %s crops of %s", p.preset, sum(q.numel() for q in model.parameters()),
                 p.crop, p.data_store)
     from .tiles import _device_guard
@@ -91,7 +97,7 @@ def train_prior(params: TrainParams, artifacts: bool = True) -> dict:
     device = p.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with _device_guard(device, p.gpu_limit):  # the whole training run holds one GPU slot
         summary = train(model, sampler, tc, p.out_dir, resume=True, device=device, progress=False,
-                        max_wall_s=None if p.max_minutes is None else 60.0 * p.max_minutes)
+                        max_wall_s=None if p.max_minutes is None else 60.0 * p.max_minutes, init_from=init)
     if p.export:
         ck = latest_checkpoint(p.out_dir)
         if ck is None:

@@ -100,3 +100,88 @@ def test_augment_gives_dihedral_transforms_and_sampler_crops():
         assert np.array_equal(c, im[top:top + 8, left:left + 8])
     with pytest.raises(ValueError, match="smaller than crop"):
         CropSampler([im], 64)
+
+
+def test_lr_schedule_values():
+    from ddiff.training import lr_at
+
+    const = TrainConfig(steps=11, lr=1e-3)
+    assert [lr_at(const, s) for s in (0, 5, 10)] == [1e-3] * 3
+    cos = TrainConfig(steps=11, lr=1e-3, lr_schedule="cosine", lr_min=1e-4)
+    assert lr_at(cos, 0) == pytest.approx(1e-3)
+    assert lr_at(cos, 5) == pytest.approx(5.5e-4)  # half-way: the mean of lr and lr_min
+    assert lr_at(cos, 10) == pytest.approx(1e-4) and lr_at(cos, 50) == pytest.approx(1e-4)
+    assert lr_at(cos, 2) == pytest.approx(1e-4 + 9e-4 * 0.5 * (1 + np.cos(np.pi * 0.2)))
+    lin = TrainConfig(steps=11, lr=1e-3, lr_schedule="linear", lr_min=1e-4, warmup_steps=4)
+    assert [lr_at(lin, s) for s in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lr_at(lin, 4) == pytest.approx(1e-3)
+    assert lr_at(lin, 7) == pytest.approx(5.5e-4) and lr_at(lin, 10) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="lr_min"):
+        TrainConfig(lr=1e-4, lr_min=1e-3)
+
+
+def _init_file(path, seed=5):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    src = ADMUNet(**TINY)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    return src.state_dict()
+
+
+def test_init_from_loads_weights_and_schedule_is_applied(tmp_path):
+    from ddiff.priors.loading import CheckpointMismatchError
+
+    init_sd = _init_file(tmp_path / "init.safetensors")
+    # one step whose scheduled lr is 0 (linear decay to lr_min=0 reached at the last step):
+    # the weights must be exactly the init file's, and so must the EMA
+    torch.manual_seed(0)
+    net = ADMUNet(**TINY)
+    assert not torch.equal(net.state_dict()["input_blocks.0.0.weight"], init_sd["input_blocks.0.0.weight"])
+    cfg = TrainConfig(steps=1, batch_size=2, lr=1e-3, lr_schedule="linear", lr_min=0.0, seed=3)
+    res = train(net, CropSampler(_images(), 16), cfg, tmp_path / "run", device="cpu", progress=False,
+                init_from=tmp_path / "init.safetensors")
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, init_sd[k]), k
+        assert torch.allclose(res["ema"][k], init_sd[k], rtol=1e-6, atol=1e-9), k  # d·w + (1−d)·w
+    meta = json.loads((latest_checkpoint(tmp_path / "run") / "config.json").read_text())
+    assert meta["init"]["path"].endswith("init.safetensors") and len(meta["init"]["sha256"]) == 64
+    assert meta["train"]["lr_schedule"] == "linear" and meta["lr"] == 0.0
+    # the same step at constant lr moves the weights: the schedule, not chance, kept them
+    torch.manual_seed(0)
+    net_c = ADMUNet(**TINY)
+    train(net_c, CropSampler(_images(), 16), TrainConfig(steps=1, batch_size=2, lr=1e-3, seed=3),
+          tmp_path / "const", device="cpu", progress=False, init_from=tmp_path / "init.safetensors")
+    assert not torch.equal(net_c.state_dict()["out.2.weight"], init_sd["out.2.weight"])  # zero-init layer moved
+    # a file for another architecture is refused before anything trains
+    from safetensors.torch import save_file
+
+    save_file({"input_blocks.0.0.weight": torch.zeros(3, 1, 3, 3)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(CheckpointMismatchError):
+        train(ADMUNet(**TINY), CropSampler(_images(), 16), cfg, tmp_path / "bad", device="cpu", progress=False,
+              init_from=tmp_path / "bad.safetensors")
+
+
+def test_staged_run_resumes_bit_exact(tmp_path):
+    """init + cosine schedule + warm-up + no EMA warm-up: stopped after step 1 (wall limit 0 s) and
+    resumed, the run equals 12 uninterrupted steps bit for bit."""
+    _init_file(tmp_path / "init.safetensors")
+    cfg = TrainConfig(steps=12, batch_size=2, lr=1e-3, lr_schedule="cosine", lr_min=1e-4, warmup_steps=3,
+                      ema_warmup=False, ema_decay=0.9, checkpoint_every=6, seed=1)
+
+    def run(out, **kw):
+        torch.manual_seed(0)
+        net = ADMUNet(**TINY)
+        return net, train(net, CropSampler(_images(), 16), cfg, out, device="cpu", progress=False,
+                          init_from=tmp_path / "init.safetensors", **kw)
+
+    net12, res12 = run(tmp_path / "a")
+    run(tmp_path / "b", max_wall_s=0.0)
+    assert latest_checkpoint(tmp_path / "b").name == "ckpt-00000001"
+    net_b, res_b = run(tmp_path / "b")
+    assert res_b["step"] == 12
+    for k, v in net12.state_dict().items():
+        assert torch.equal(v, net_b.state_dict()[k]), k
+        assert torch.equal(res12["ema"][k], res_b["ema"][k]), k

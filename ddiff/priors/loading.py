@@ -29,10 +29,12 @@ from .adm import PRESETS, ADMConfig, ADMPrior, ADMUNet
 
 __all__ = [
     "load_prior", "load_state_dict_file", "infer_config", "check_state_dict",
-    "CheckpointMismatchError", "UnsafeCheckpointError", "DEFAULT_WEIGHTS",
+    "CheckpointMismatchError", "UnsafeCheckpointError", "DEFAULT_WEIGHTS", "NAMED_WEIGHTS", "weights_path",
 ]
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
+#: the embedded priors, by the name ``load_prior`` accepts (see ``weights/MODEL_CARD.md``)
+NAMED_WEIGHTS = {"default": DEFAULT_WEIGHTS}
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 _META_KEY = "ddiff_config"
@@ -232,6 +234,19 @@ def _as_config(preset) -> ADMConfig:
     raise ValueError(f"preset must be a name, an ADMConfig or a dict, got {type(preset).__name__}")
 
 
+def weights_path(name_or_path) -> Path:
+    """The file behind an embedded prior's name (:data:`NAMED_WEIGHTS`) or the path itself.
+    Raises ``FileNotFoundError`` for a named prior whose file is missing."""
+    if isinstance(name_or_path, str) and name_or_path in NAMED_WEIGHTS:
+        path = NAMED_WEIGHTS[name_or_path]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"the embedded prior {name_or_path!r} is missing ({path}); reinstall the package or pass a checkpoint path"
+            )
+        return path
+    return Path(name_or_path)
+
+
 def load_prior(name_or_path="default", preset=None, dtype="fp32", device="cpu",
                schedule: VPSchedule | None = None) -> ADMPrior:
     """Load a diffusion prior as an :class:`~ddiff.priors.adm.ADMPrior` (eval mode, frozen).
@@ -245,16 +260,8 @@ def load_prior(name_or_path="default", preset=None, dtype="fp32", device="cpu",
     :class:`CheckpointMismatchError`); weights are bit-exact in fp32.
     """
     dt = _resolve_dtype(dtype)
-    if isinstance(name_or_path, str) and name_or_path == "default":
-        path = DEFAULT_WEIGHTS
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"the embedded default prior is missing ({path}); reinstall the package or pass a checkpoint path"
-            )
-        name = "default"
-    else:
-        path = Path(name_or_path)
-        name = path.name
+    path = weights_path(name_or_path)
+    name = name_or_path if isinstance(name_or_path, str) and name_or_path in NAMED_WEIGHTS else path.name
     sd, stored = load_state_dict_file(path)
     if preset is not None:
         config = _as_config(preset)

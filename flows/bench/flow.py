@@ -235,10 +235,10 @@ def benchmark(params: BenchmarkParams, artifacts: bool = True, command: str | No
 
 
 def _prior_sha256(prior: str) -> str:
-    from ddiff.priors.loading import DEFAULT_WEIGHTS
+    from ddiff.priors.loading import weights_path
     from storage import file_sha256
 
-    return file_sha256(DEFAULT_WEIGHTS if prior == "default" else prior)
+    return file_sha256(weights_path(prior))
 
 
 def _qualitative(store, r: dict, cells: list[dict]) -> dict:
