@@ -216,3 +216,15 @@ def test_flows_build_the_seed_mean_when_asked():
     assert k.solve(P.y, P.operator, P.noise, generator=[torch.Generator().manual_seed(0)]).nfe == 15
     with pytest.raises(ValueError):
         SolverSpec(seeds=0)
+
+
+def test_stage_two_prior_is_loadable_by_name_and_not_the_default():
+    from ddiff.priors import load_prior
+    from ddiff.priors.loading import NAMED_WEIGHTS
+
+    v1, v2 = load_prior("default"), load_prior("default-v2")
+    assert NAMED_WEIGHTS["default"].name == "default.safetensors"
+    w1 = dict(v1.net.named_parameters()) if hasattr(v1, "net") else dict(v1.named_parameters())
+    w2 = dict(v2.net.named_parameters()) if hasattr(v2, "net") else dict(v2.named_parameters())
+    assert w1.keys() == w2.keys()
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)  # different weights, same network
