@@ -1,12 +1,12 @@
 """Train the embedded default prior on grayscale crops of the images bundled with scikit-image.
 
-Room: ``benchmarks`` — a script; uses ``ddiff`` (torch) and ``storage.sample_data`` (the
+Room: ``benchmarks`` — a script; uses ``ddiff`` (torch) and ``flows.sample_data`` (the
 scikit-image pictures and their train/held-out split).
 
 Data: every natural image that ships inside scikit-image and loads offline (list ``IMAGES``),
 converted to grayscale float in ``[0, 1]`` and mapped to model space ``[−1, 1]`` by ``2x − 1``.
 The RIGHTMOST 25 % of every image (columns ``≥ floor(0.75 W)``) is held out for evaluation only
-(:func:`storage.sample_data.sample_images` returns both parts); training draws random 64×64 crops from the left
+(:func:`flows.sample_data.sample_images` returns both parts); training draws random 64×64 crops from the left
 75 %, each image equally often, with random flips and 90° rotations.
 
 Reproducible: one seed drives crops, augmentations, timesteps and noise; rerunning with the same
