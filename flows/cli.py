@@ -62,7 +62,11 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
         g.add_argument("--gain", type=float, default=1.0, help="counts per model unit (Poisson models)")
     g.add_argument("--prior", default="default", help="'default' or a .safetensors/.pt checkpoint")
     g.add_argument("--solver", default="ddiff", choices=["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps",
-                                                          "diffpir", "daps"])
+                                                          "diffpir", "daps"],
+                   help="ddiff (default); its ablations ddiff_hqs (no dual variable), diffpnp_admm / diffpnp_hqs "
+                        "(no noising step) — each with the settings --hp chooses (auto, or the paper's a/b step-down "
+                        "with --hp paper; the benchmark's reference constant step is only a --set override there); "
+                        "baselines dps, diffpir, daps at their reference settings")
     g.add_argument("--steps", type=int, default=None,
                    help="diffusion steps = network calls per tile (default: 100; with --hp paper the paper's 1000)")
     g.add_argument("--hp", action="append", metavar="K=V",

@@ -82,7 +82,9 @@ class SolverSpec(_Model):
     steps and σ_y = 0.05 (``task`` defaults to the operator name when it is one of the paper's
     eight). ``steps`` and ``hyperparameters`` override either."""
 
-    name: Literal["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps", "diffpir", "daps"] = "ddiff"
+    name: Literal["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps", "diffpir", "daps"] = Field(
+        "ddiff", description="ddiff; ablations ddiff_hqs (no dual variable), diffpnp_admm / diffpnp_hqs (no noising "
+                             "step), each with `settings`; baselines dps, diffpir, daps (reference settings)")
     settings: Literal["auto", "paper"] = Field(
         "auto", description="auto: step sizes chosen from the measurements (discrepancy principle); "
                             "paper: the paper's per-task values")
