@@ -31,7 +31,7 @@ import torch
 
 from ..priors.base import NFECounter
 
-__all__ = ["Result", "Solver", "likelihood_grad", "per_sample_norm", "randn", "infer_x_shape"]
+__all__ = ["Result", "Solver", "likelihood_grad", "per_sample_norm", "rdot", "real_part", "randn", "infer_x_shape"]
 
 Generator = "torch.Generator | Sequence[torch.Generator] | None"
 
@@ -50,6 +50,17 @@ class Result:
 def per_sample_norm(v: torch.Tensor) -> torch.Tensor:
     """ℓ2 norm of each sample, shaped ``(B, 1, …, 1)`` to broadcast against ``v``."""
     return v.reshape(v.shape[0], -1).norm(dim=1).view(-1, *([1] * (v.ndim - 1)))
+
+
+def rdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Real per-sample inner product ``Re Σ conj(a) b``, shaped ``(B, 1, …, 1)`` like ``a``."""
+    p = (a.conj() * b).real if a.is_complex() or b.is_complex() else a * b
+    return p.reshape(p.shape[0], -1).sum(1).view(-1, *([1] * (a.ndim - 1)))
+
+
+def real_part(v: torch.Tensor) -> torch.Tensor:
+    """``v.real`` for complex tensors (an image from ``Aᴴ y`` of complex data), else ``v``."""
+    return v.real if v.is_complex() else v
 
 
 def randn(shape, generator: Generator, dtype, device) -> torch.Tensor:

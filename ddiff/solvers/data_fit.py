@@ -26,19 +26,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import likelihood_grad
+from .base import likelihood_grad, rdot, real_part
 
 __all__ = ["discrepancy", "measurement_count", "project_to_discrepancy"]
 
 
-def _rdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Real per-sample inner product ``Re Σ conj(a) b``, shape ``(B, 1, …)`` like ``a``."""
-    p = (a.conj() * b).real if a.is_complex() or b.is_complex() else a * b
-    return p.reshape(p.shape[0], -1).sum(1).view(-1, *([1] * (a.ndim - 1)))
-
-
-def _real(v: torch.Tensor) -> torch.Tensor:
-    return v.real if v.is_complex() else v
 
 
 def measurement_count(y: torch.Tensor) -> int:
@@ -79,16 +71,16 @@ def _cgls_to_discrepancy(operator, noise, y, v, tau, max_iters):
     eps = tau * m * sigma2  # target ‖r‖²
     x = v.clone()
     r = y - operator(x)  # measurement-space residual
-    rr = _rdot(r, r)
+    rr = rdot(r, r)
     done = rr <= eps
-    s = _real(operator.adjoint(r))  # −½∇‖r‖² in image space
-    p, gam = s.clone(), _rdot(s, s)
+    s = real_part(operator.adjoint(r))  # −½∇‖r‖² in image space
+    p, gam = s.clone(), rdot(s, s)
     k = 0
     while k < max_iters and not bool(done.all()):
         k += 1
         q = operator(p)
-        qq = _rdot(q, q).clamp_min(1e-30)
-        rq = _rdot(r, q)
+        qq = rdot(q, q).clamp_min(1e-30)
+        rq = rdot(r, q)
         alpha = gam / qq  # the CGLS step (exact line minimiser along p)
         rr_next = rr - 2 * alpha * rq + alpha**2 * qq
         hit = ~done & (rr_next <= eps)
@@ -96,10 +88,10 @@ def _cgls_to_discrepancy(operator, noise, y, v, tau, max_iters):
         a_hit = (rq - (rq * rq - qq * (rr - eps)).clamp_min(0).sqrt()) / qq
         a = torch.where(done, torch.zeros_like(alpha), torch.where(hit, a_hit, alpha))
         x, r = x + a * p, r - a * q
-        rr = _rdot(r, r)
+        rr = rdot(r, r)
         done = done | hit
-        s = _real(operator.adjoint(r))
-        gam_next = _rdot(s, s)
+        s = real_part(operator.adjoint(r))
+        gam_next = rdot(s, s)
         p, gam = s + (gam_next / gam.clamp_min(1e-30)) * p, gam_next
     return x, {"discrepancy": (rr.flatten() / (m * sigma2)), "iters": k}
 

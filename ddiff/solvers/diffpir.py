@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from .base import Solver, check_int, check_positive, per_sample_norm, randn
+from .base import Solver, check_int, check_positive, per_sample_norm, randn, rdot, real_part
 
 __all__ = ["DiffPIR", "quad_timesteps"]
 
@@ -43,14 +43,6 @@ def quad_timesteps(n: int, T: int = 1000) -> list[int]:
     return [T - 1 - v for v in s]
 
 
-def _rdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Real per-sample inner product ``Re Σ conj(a) b``, shape ``(B, 1, …)``."""
-    p = (a.conj() * b).real if a.is_complex() or b.is_complex() else a * b
-    return p.reshape(p.shape[0], -1).sum(1).view(-1, *([1] * (a.ndim - 1)))
-
-
-def _real(v: torch.Tensor) -> torch.Tensor:
-    return v.real if v.is_complex() else v
 
 
 class DiffPIR(Solver):
@@ -93,16 +85,16 @@ class DiffPIR(Solver):
 
     def _cg(self, operator, y, z, rho):
         def normal(v):  # (AᴴA + ρI) v
-            return _real(operator.adjoint(operator(v))) + rho * v
+            return real_part(operator.adjoint(operator(v))) + rho * v
 
         x = z.clone()
-        r = _real(operator.adjoint(y)) + rho * z - normal(x)
-        p, rs = r.clone(), _rdot(r, r)
+        r = real_part(operator.adjoint(y)) + rho * z - normal(x)
+        p, rs = r.clone(), rdot(r, r)
         for _ in range(self.cg_iters):
             Ap = normal(p)
-            alpha = rs / _rdot(p, Ap).clamp_min(1e-30)
+            alpha = rs / rdot(p, Ap).clamp_min(1e-30)
             x, r = x + alpha * p, r - alpha * Ap
-            rs_new = _rdot(r, r)
+            rs_new = rdot(r, r)
             p, rs = r + (rs_new / rs.clamp_min(1e-30)) * p, rs_new
         return x
 
@@ -138,7 +130,7 @@ class DiffPIR(Solver):
         sigma_n = max(0.001, noise.effective_sigma(y) / 2)  # DiffPIR's [0,1]-unit noise level
         ts = self.timesteps
         # x_T = √ᾱ_T x_init + √(1−ᾱ_T) ε with x_init = Aᴴy for linear operators (weight ≈ 0.006)
-        x_init = _real(operator.adjoint(y)).clamp(-1, 1) if getattr(operator, "linear", False) else 0.0
+        x_init = real_part(operator.adjoint(y)).clamp(-1, 1) if getattr(operator, "linear", False) else 0.0
         x = math.sqrt(sched.abar(ts[0])) * x_init + math.sqrt(1 - sched.abar(ts[0])) * randn(x_shape, generator, dt, y.device)
         for k, t in enumerate(ts[:-1]):  # the reference's last NFE (at t = 0) is unused: skipped
             t_next = ts[k + 1]

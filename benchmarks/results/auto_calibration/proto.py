@@ -3,7 +3,7 @@ import math, sys, time, torch, numpy as np
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "..", ".."))
 from ddiff import DDiff, DiffPIR, TVReconstruction
 from ddiff.solvers.ddiff import DDiff as _D
-from ddiff.solvers.diffpir import _rdot, _real
+from ddiff.solvers.base import rdot as _rdot, real_part as _real
 from ddiff.priors import load_prior
 from flows.bench.protocol import task_operator_params, solver_kwargs, build_solver, image_metrics
 from operators import GaussianNoise, get_operator
