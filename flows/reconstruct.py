@@ -256,6 +256,8 @@ def reconstruct_stack(params: ReconstructParams) -> dict:
     logger = get_run_logger()
     t0 = time.perf_counter()
     config, geo, _, prior_sha = run_config(p)
+    # before a byte is written: the prior loads on the device and the solver accepts its keywords
+    T.make_solver(config, T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype))
     out = storage.create_output(p.output_store, p.input_store, geo.plan, config, prior_sha256=prior_sha,
                                 scale=geo.scale, overwrite=p.overwrite)
     run_id = str(flow_run.id or "") or None

@@ -265,3 +265,11 @@ def test_injected_failure_is_not_retried_but_real_errors_are(prefect_harness):
     with pytest.raises(OSError):
         run("io")
     assert calls == ["io"] * 3
+
+
+def test_bad_solver_keywords_fail_before_the_output_exists(flows_env):
+    out = flows_env["dir"] / "bad_keywords.zarr"
+    with pytest.raises(ValueError, match="gamma0 only apply to x_update='gradient'"):
+        flows.reconstruct_stack(params(flows_env, out, solver={"name": "ddiff", "steps": 2,
+                                                               "hyperparameters": {"gamma0": 2.0}}))
+    assert not out.exists()  # nothing written: the corrected command just runs
