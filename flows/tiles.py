@@ -77,14 +77,11 @@ def prior_identity(prior: str) -> tuple[str, str | None]:
     """``(embedded prior name or resolved path, sha256 of the weights file)`` for the config hash."""
     from pathlib import Path
 
-    from ddiff.priors.loading import NAMED_WEIGHTS
+    from ddiff.priors.loading import NAMED_WEIGHTS, weights_path
 
     named = prior in NAMED_WEIGHTS
-    path = NAMED_WEIGHTS[prior] if named else Path(prior)
+    path = weights_path(prior)  # raises for an embedded prior whose file is missing
     if not path.is_file():
-        if named:
-            raise FileNotFoundError(f"the embedded prior {prior!r} is missing ({path}); pass --prior PATH "
-                                    "to a .safetensors/.pt checkpoint")
         raise FileNotFoundError(f"prior checkpoint {prior!r} not found; pass 'default' or a .safetensors/.pt path")
     return (prior if named else str(path.resolve())), storage.file_sha256(path)
 

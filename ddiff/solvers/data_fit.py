@@ -31,8 +31,6 @@ from .base import likelihood_grad, rdot, real_part
 __all__ = ["discrepancy", "measurement_count", "project_to_discrepancy"]
 
 
-
-
 def measurement_count(y: torch.Tensor) -> int:
     """``m``: real measurements per sample (a complex entry counts twice)."""
     return y[0].numel() * (2 if y.is_complex() else 1)
@@ -45,8 +43,8 @@ def discrepancy(noise, y: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
     ``‖y − A x‖² / σ²`` with ``σ = noise.effective_sigma(y)``.
     """
     if hasattr(noise, "discrepancy"):
-        return noise.discrepancy(y, Ax)  # a user's noise model without one: the Gaussian form
-    r = y - Ax
+        return noise.discrepancy(y, Ax)
+    r = y - Ax  # a user's noise model without one: the Gaussian form
     sq = (r.real**2 + r.imag**2) if r.is_complex() else r**2
     return sq.reshape(y.shape[0], -1).sum(1) / float(noise.effective_sigma(y)) ** 2
 

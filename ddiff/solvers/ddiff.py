@@ -249,6 +249,14 @@ class DDiffHQS(DDiff):
     use_dual = False
 
 
+#: DDiff keywords of the noising step, which the PnP ablations do not have
+_NOISING_KEYS = ("early_stop", "noising", "t0")
+
+
+def _without(kw: dict, keys) -> dict:
+    return {k: v for k, v in kw.items() if k not in keys}
+
+
 class DiffPnPADMM(DDiff):
     """PnP-ADMM with a one-step Tweedie denoiser at a decreasing level (no noising step):
     ``z = x̂_0(√ᾱ_t (x + u))`` at step ``t``, then the x- and dual updates of DDiff. Starts from
@@ -256,7 +264,7 @@ class DiffPnPADMM(DDiff):
     ``t0``, ``noising`` and ``early_stop`` do not exist here (passing them is an error)."""
 
     def __init__(self, prior, **kwargs):
-        unused = sorted(set(kwargs) & {"t0", "noising", "early_stop"})
+        unused = sorted(set(kwargs) & set(_NOISING_KEYS))
         if unused:
             raise ValueError(f"{type(self).__name__} has no noising step: {', '.join(unused)} do not apply")
         super().__init__(prior, **kwargs)
@@ -264,17 +272,12 @@ class DiffPnPADMM(DDiff):
     @classmethod
     def paper(cls, task: str, dataset: str = "ffhq") -> dict:
         """DDiff's appendix-A.5 step policy for ``task`` (without its noising settings)."""
-        kw = super().paper(task, dataset)
-        for k in ("t0", "noising", "early_stop"):
-            kw.pop(k)
-        return kw
+        return _without(super().paper(task, dataset), _NOISING_KEYS)
 
     @classmethod
     def auto(cls, steps: int = 100) -> dict:
-        kw = super().auto(steps)
-        for k in ("t0", "noising", "early_stop"):
-            kw.pop(k)
-        return kw
+        """DDiff's self-calibrated setting without its noising settings."""
+        return _without(super().auto(steps), _NOISING_KEYS)
 
     def _run(self, net, y, operator, noise, x_shape, generator, emit):
         return _pnp_loop(self, net, y, operator, noise, x_shape, emit)
