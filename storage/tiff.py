@@ -31,8 +31,9 @@ class TiffReader(SourceReader):
     """TIFF / BigTIFF / OME-TIFF / ImageJ hyperstacks through tifffile, one page at a time.
 
     The series' leading axes map to ``t`` (``T`` and any other letter, flattened in file order),
-    ``z`` (``Z``) and ``c`` (``C``, unless the pages hold samples ``S``); ``axes`` (one letter per
-    series dimension, e.g. ``"zcyx"``) overrides that reading. Pixel sizes come from OME-XML or
+    ``z`` (``Z``) and ``c`` (``C``, unless the pages hold samples ``S``); an OME-TIFF keeps all of
+    its model's ``T, C, Z`` axes, even of size 1; ``axes`` (one letter per series dimension, e.g.
+    ``"zcyx"``) overrides that reading. Pixel sizes come from OME-XML or
     ImageJ metadata. ``read_region`` decodes only the strips/tiles a window touches."""
 
     kind = "tiff"
@@ -62,14 +63,21 @@ class TiffReader(SourceReader):
         if page_axes not in ("YX", "YXS", "SYX"):
             raise SourceError(f"{path}: unsupported TIFF page layout {page_axes!r} (expected YX, YXS or SYX)")
         self.page_axes, self.series = page_axes, series
-        lead_axes = series.axes[: len(series.axes) - len(page_axes)]
-        lead_shape = tuple(series.shape[: len(lead_axes)])
+        # OME-TIFF: keep the OME model's axes (T, C, Z even of size 1: they are the file's axes)
+        self._squeeze, self._trailing_s = not self.tf.is_ome, False
+        s_axes, s_shape = series.axes, tuple(series.shape)
+        if self.tf.is_ome:
+            s_axes, s_shape = series.get_axes(squeeze=False), tuple(series.get_shape(squeeze=False))
+            if s_axes.endswith("S") and s_shape[-1] == 1 and "S" not in page_axes:
+                s_axes, s_shape, self._trailing_s = s_axes[:-1], s_shape[:-1], True
+        lead_axes = s_axes[: len(s_axes) - len(page_axes)]
+        lead_shape = tuple(s_shape[: len(lead_axes)])
         expected = int(np.prod(lead_shape, dtype=np.int64))
         if expected != n_pages or errors:
             raise SourceError(f"{path}: the TIFF metadata describes {expected} pages of shape {page_shape} but "
                               f"{n_pages} are readable{' (' + errors[0] + ')' if errors else ''}; the file is "
                               "truncated or damaged (re-copy or re-export it)")
-        roles = self._roles(path, series.axes, lead_axes, page_axes, axes)
+        roles = self._roles(path, s_axes, lead_axes, page_axes, axes)
         sizes = {"y": page_shape[page_axes.index("Y")], "x": page_shape[page_axes.index("X")]}
         if "S" in page_axes:
             sizes["c"] = page_shape[page_axes.index("S")]
@@ -149,9 +157,10 @@ class TiffReader(SourceReader):
         import zarr
 
         if self._zarr is None:
-            self._zarr = zarr.open_array(self.series.aszarr(), mode="r")
+            self._zarr = zarr.open_array(self.series.aszarr(squeeze=self._squeeze), mode="r")
         page = {"Y": ys, "X": xs, "S": slice(None)}
         key = self._lead_index(frame, slice(None)) + tuple(page[a] for a in self.page_axes)
+        key += (0,) if self._trailing_s else ()
         block = np.asarray(self._zarr[key])
         dims = (["c"] if "c" in self._roles_of else []) + [{"Y": "y", "X": "x", "S": "c"}[a] for a in self.page_axes]
         return _to_cyx(block, dims)

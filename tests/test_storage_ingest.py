@@ -77,8 +77,9 @@ def test_round_trip_exact(tmp_path, kind, dtype):
     assert storage.verify_stack(tmp_path / "in.zarr")
     assert st.meta["source"]["sha256"] is not None and len(st.meta["source"]["sha256"]) == 64
     assert st.meta["dtype"] == src.dtype.str
-    assert tuple(st.data.metadata.dimension_names) == ("t", "y", "x") and st.axes == "tyx"
-    assert st.data.chunks == (1, 16, 16) and st.data.shards == (1, 48, 48)  # auto shard = 4 chunks, clipped
+    axes = "tczyx" if kind == "ome-tiff" else "tyx"  # an OME-TIFF keeps its model's 5 axes (c, z of size 1)
+    assert tuple(st.data.metadata.dimension_names) == tuple(axes) and st.axes == axes
+    assert st.data.chunks[-2:] == (16, 16) and st.data.shards[-2:] == (48, 48)  # auto shard = 4 chunks, clipped
 
 
 def test_rgb_and_channel_axes(tmp_path):

@@ -99,7 +99,7 @@ def test_frames_larger_than_a_block_ingest_window_by_window(tmp_path, kind):
         path = tmp_path / "s.npy"
     whole = storage.ingest(path, tmp_path / "whole.zarr", chunk=8, shard=16)
     win = storage.ingest(path, tmp_path / "win.zarr", chunk=8, shard=16, block_bytes=C * H * W)  # < one frame
-    assert np.array_equal(win.data[:], src) and np.array_equal(whole.data[:], src)
+    assert np.array_equal(win.array[:], src) and np.array_equal(whole.array[:], src)  # frames (t, c, y, x)
     assert win.meta["data_sha256"] == whole.meta["data_sha256"] and storage.verify_stack(win.path)
 
 
