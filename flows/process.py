@@ -75,7 +75,9 @@ def process_stack(
     skipped, solved tiles skipped). Returns ``{"input", "output", "reconstruct", "audit"}``."""
     from prefect.runtime import flow_run
 
-    from . import audit_reconstruction, ingest_stack, reconstruct_stack
+    from .audit import audit_reconstruction
+    from .ingest import ingest_stack
+    from .reconstruct import reconstruct_stack
 
     logger = get_run_logger()
     input_store, v_in = _from_variable("input_store", input_store, True)
