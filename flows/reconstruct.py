@@ -10,7 +10,7 @@ What happens (one flow run)::
                prefect-dask): one task per batch of B tiles (one network call per step for the
                batch), retried on failure; tasks get descriptors, never arrays; batches whose
                tiles are all in the ledger are skipped (resume)
-    assemble   one task per frame: blend staged tiles into recon/0
+    assemble   one task per frame: blend staged tiles into the root image (level 0), then its pyramid
     finalize   COMPLETE marker, summary markdown artifact, a small result dict
 
 Nothing array-valued goes to the Prefect database: results are not persisted and every task
@@ -226,8 +226,8 @@ def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dic
     :func:`flows.run_report.frame_fit_rows` (the frame χ²_ν, the audit's definition)."""
     fit_by = {r["frame"]: r for r in fit or []}
     lines = ["# ddiff reconstruction", "",
-             f"- input: `{abspath(p.input_store)}`",
-             f"- output: `{abspath(out.path)}` (recon: `recon/0`, diagnostics: `diagnostics/`)",
+             f"- input: `{abspath(p.input_store)}`", f"- output: `{abspath(out.path)}` (OME-NGFF image at the root, {out.levels} pyramid levels, axes "
+             f"`{out.layout.axes}`; diagnostics: `diagnostics/`)",
              f"- operator: `{p.operator.name}` {p.operator.params or ''}; noise: `{p.noise.kind}` σ={p.noise.sigma:g}",
              f"- prior: `{p.prior}`; solver: `{p.solver.name}` {out.manifest['config']['hyperparameters']}",
              f"- {settings_text(out.manifest['config'])}",
