@@ -312,3 +312,12 @@ def test_documented_automations_notify_through_a_webhook(prefect_harness):
     assert "Frames: [1, 4]" in texts[0]
     assert texts[1].startswith("ddiff run FAILED: recon.zarr\nreconstruct-stack failed on /data/night/recon.zarr: "
                                "OSError: disk full. Tiles kept: 5 / 8. Resume: ddiff reconstruct A B")
+
+
+def test_failure_summary_says_interrupted_for_ctrl_c_and_lists_what_is_safe():
+    from flows.ui import failure_markdown
+
+    md = failure_markdown("reconstruction of `/d/out.zarr`", KeyboardInterrupt(), ["5 of 8 tiles are kept"],
+                          ["ddiff reconstruct /d/in.zarr /d/out.zarr"])
+    assert md.startswith("# reconstruction of `/d/out.zarr` INTERRUPTED") and "- 5 of 8 tiles are kept" in md
+    assert "```\nddiff reconstruct /d/in.zarr /d/out.zarr\n```" in md
