@@ -106,7 +106,8 @@ def publish_failure(p, exc: BaseException, progress_id=None, flow: str = "recons
     else:
         safe = [f"{solved} of {total} tiles are solved and recorded in the ledger of `{where}`; a rerun skips them "
                 "and gives bit-identical output", f"the input `{abspath(p.input_store)}` is only ever read",
-                "`recon/0` is complete only when the run finishes (the COMPLETE marker); do not use it before"]
+                "the reconstruction image is valid only once a run finishes (the COMPLETE marker); do not read "
+                "it before"]
     try:
         if progress_id is not None and total:
             update_progress_artifact(progress_id, progress=100.0 * solved / total,
