@@ -9,7 +9,9 @@ measurement with ``exclude_border = halo`` (near a frame's edge ``A`` sees its b
 not the scene the instrument saw), and write into the output store the group ``audit/`` (xarray):
 per frame ``chi2_nu``, ``z``, ``p_value``, ``p_value_low``, ``frame_flag``, ``n_flagged_windows``;
 per (frame, tile) ``tile_flagged`` (a flagged window touches the tile's core); maps ``flag_map``
-and ``window_p`` (frame grid). The markdown/PNG report (``flows.audit_report``) is rendered for
+and ``window_p`` (output grid, physical ``y``/``x`` coordinates; frames carry their ``t``/``z``);
+and the flag map again as the OME-NGFF label image ``labels/audit_flags`` over the
+reconstruction, so napari shows it on the image. The markdown/PNG report (``flows.audit_report``) is rendered for
 the first chunk (at most ``CHUNK`` frames) into ``report_dir``; a markdown artifact summarises it.
 """
 from __future__ import annotations
@@ -34,9 +36,8 @@ CHUNK = 16  # frames audited (and held in memory) at once
 
 
 def _frames(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: int):
-    g = out.group("r")
-    x = torch.from_numpy(out.intensity.to_model(np.asarray(g["recon/0"][t0:t1])))
-    y = torch.from_numpy(stack.to_model(np.asarray(stack.array[t0:t1])))
+    x = torch.from_numpy(out.intensity.to_model(out.recon()[t0:t1]))
+    y = torch.from_numpy(stack.to_model(stack.array[t0:t1]))
     return x, y
 
 
@@ -58,6 +59,19 @@ def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, contr
     return res, x, y, op
 
 
+def _coords(out: storage.OutputStore, c0: int, c1: int, maps: bool) -> dict:
+    """Physical coordinates of frames ``[c0, c1)`` (t, z as present) and of the output grid."""
+    from storage.diagnostics import frame_coords
+
+    scale, units = out.geometry
+    coords = {k: (d, v[c0:c1], *rest) for k, (d, v, *rest) in frame_coords(out.layout, scale, units).items()}
+    if maps:
+        s = out.layout.sizes
+        for a in "yx":
+            coords[a] = (a, np.arange(s[a]) * float(scale.get(a, 1.0)), {"units": units.get(a, "")})
+    return coords
+
+
 @flow(name="audit-reconstruction", persist_result=False)
 def audit_reconstruction(params: AuditParams) -> dict:
     """Audit every frame of ``params.output_store``; returns a small dict (report path, flags)."""
@@ -72,33 +86,38 @@ def audit_reconstruction(params: AuditParams) -> dict:
     report_dir = Path(p.report_dir) if p.report_dir else out.path.with_name(out.path.name + ".audit")
     plan, f, n = out.plan, int(out.manifest["scale"]), out.n_frames
     chi, pv, flags_frame, tile_flags, first = [], [], [], np.zeros((n, plan.n_tiles), bool), None
-    with storage.RunLock(out.path):
+    with storage.RunLock(out.path) as lock:
         for c0 in range(0, n, CHUNK):
             c1 = min(n, c0 + CHUNK)
             res, x, y, op = audit_frames(out.path, c0, c1, alpha=p.alpha, window=p.window, control=p.control)
             if first is None:
                 first = (res, x, y)
             B = c1 - c0
-            dv = {name: (("t",), getattr(res, name).double().cpu().numpy())
+            dv = {name: (("frame",), getattr(res, name).double().cpu().numpy())
                   for name in ("chi2_nu", "z", "p_value", "p_value_low")}
-            dv["frame_flag"] = (("t",), res.flagged.cpu().numpy())
+            dv["frame_flag"] = (("frame",), res.flagged.cpu().numpy())
             nwin = (res.region_flag.flatten(1).sum(1).cpu().numpy() if res.region_flag is not None
                     else np.zeros(B, np.int64))
-            dv["n_flagged_windows"] = (("t",), nwin.astype(np.int64))
+            dv["n_flagged_windows"] = (("frame",), nwin.astype(np.int64))
             if res.flag_map is not None:
                 fm = res.flag_map.cpu().numpy()
-                dv["flag_map"] = (("t", "y", "x"), fm)
-                dv["window_p"] = (("t", "y", "x"), res.window_p.float().cpu().numpy())
+                dv["flag_map"] = (("frame", "y", "x"), fm)
+                dv["window_p"] = (("frame", "y", "x"), res.window_p.float().cpu().numpy())
                 op_plan = plan.scaled(f)
                 for k, tile in enumerate(op_plan):
                     y0, y1, x0, x1 = tile.core
                     tile_flags[c0:c1, k] = fm[:, y0:y1, x0:x1].reshape(B, -1).any(1)
             else:  # global operator: one tile per frame = the frame test
                 tile_flags[c0:c1, :] = res.flagged.cpu().numpy()[:, None]
-            dv["tile_flagged"] = (("t", "tile"), tile_flags[c0:c1])
-            ds = xr.Dataset(dv, coords={"t": np.arange(c0, c1)}, attrs={k: str(v) for k, v in res.attrs().items()})
-            kw = {"mode": "w"} if c0 == 0 else {"mode": "a", "append_dim": "t"}
+            dv["tile_flagged"] = (("frame", "tile"), tile_flags[c0:c1])
+            ds = xr.Dataset(dv, coords={"frame": np.arange(c0, c1), **_coords(out, c0, c1, res.flag_map is not None)},
+                            attrs={k: str(v) for k, v in res.attrs().items()})
+            kw = {"mode": "w"} if c0 == 0 else {"mode": "a", "append_dim": "frame"}
             ds.to_zarr(LocalStore(out.path), group="audit", consolidated=False, zarr_format=3, **kw)
+            if res.flag_map is not None:  # the flags as an OME-NGFF label image over the reconstruction
+                for b in range(B):
+                    storage.write_flag_label(out, "audit_flags", c0 + b, fm[b], run_id=lock.run_id)
+            storage.consolidate(out.path)
             chi += [float(v) for v in res.chi2_nu]
             pv += [float(v) for v in res.p_value]
             flags_frame += [bool(v) for v in res.flagged]

@@ -115,7 +115,7 @@ def run_demo(a) -> int:
     out = storage.open_output(p.output_store)
     truth = torch.from_numpy(2 * np.load(data["truth"]) - 1)
     deg = torch.from_numpy(2 * np.load(data["degraded"]) - 1)
-    x = torch.from_numpy(out.intensity.to_model(np.asarray(out.group()["recon/0"][:])))
+    x = torch.from_numpy(out.intensity.to_model(out.recon()[:]))
     p_deg, p_rec = psnr(deg, truth), psnr(x.clamp(-1, 1), truth)
     flagged = {}
     for fr, k in aud["tiles_flagged"]:
@@ -131,7 +131,7 @@ def run_demo(a) -> int:
                 f"{float(np.mean(aud['chi2_nu'])):.3f}", f"{sum(flagged.values())}/{out.plan.n_tiles * a.frames}")
     con.print(tab)
     total = time.perf_counter() - t_start
-    con.print(f"input store   {p.input_store}\nreconstruction {p.output_store}  (recon/0, diagnostics/, audit/)\n"
+    con.print(f"input store   {p.input_store}\nreconstruction {p.output_store}  (OME-NGFF image at the root + labels/audit_flags; diagnostics/, audit/)\n"
               f"audit report  {aud['report']}\ntruth / degraded  {data['truth']} / {data['degraded']}")
     con.print(f"times: " + ", ".join(f"{k} {v:.1f}s" for k, v in stamps.items())
               + f"; solver {rec['solver_seconds']:.1f}s; total {total:.1f}s "

@@ -17,20 +17,26 @@ __all__ = ["ingest_stack"]
 
 @flow(name="ingest-stack", persist_result=False)
 def ingest_stack(params: IngestParams, artifacts: bool = True) -> dict:
-    """Ingest ``params.source`` into ``params.store``; returns ``{"store", "shape", "dtype", "data_sha256", "seconds"}``."""
+    """Ingest ``params.source`` into ``params.store``; returns ``{"store", "shape" (frames N, C, H, W), "axes", "sizes", "scale",
+    "units", "geometry_source", "dtype", "data_sha256", "seconds"}``."""
     from .reconstruct import artifact_key
 
     p = params if isinstance(params, IngestParams) else IngestParams.model_validate(params)
     logger = get_run_logger()
     intensity = tuple(p.intensity) if isinstance(p.intensity, (list, tuple)) else p.intensity
+    pixel = None if p.pixel_size is None else (p.pixel_size[0] if len(p.pixel_size) == 1 else tuple(p.pixel_size))
     st = storage.ingest(p.source, p.store, axes=p.axes, chunk=p.chunk, intensity=intensity,
-                        nonfinite=p.nonfinite, overwrite=p.overwrite)
-    info = {"store": str(st.path), "shape": list(st.shape), "dtype": str(st.dtype),
+                        nonfinite=p.nonfinite, overwrite=p.overwrite, pixel_size=pixel, z_step=p.z_step,
+                        time_step=p.time_step, space_unit=p.space_unit, time_unit=p.time_unit)
+    info = {"store": str(st.path), "shape": list(st.shape), "dtype": str(st.dtype), "axes": st.axes,
+            "sizes": dict(zip(st.layout.axes, st.layout.shape)), "scale": st.scale, "units": st.units,
+            "geometry_source": st.meta["geometry"]["source"],
             "data_sha256": st.meta["data_sha256"], "seconds": st.meta.get("seconds")}
     logger.info("ingested %s -> %s %s %s in %ss", p.source, st.path, st.shape, st.dtype, info["seconds"])
     if artifacts:
         create_markdown_artifact(
-            f"# ingest\n\n- source: `{p.source}`\n- store: `{st.path}`\n- shape (t, c, y, x): {list(st.shape)}, "
-            f"dtype {st.dtype}\n- intensity map: `{st.intensity.to_dict()}`\n- data sha256: `{info['data_sha256']}`\n",
+            f"# ingest\n\n- source: `{p.source}`\n- store: `{st.path}`\n- axes `{st.axes}` sizes {info['sizes']}, "
+            f"dtype {st.dtype}; {st.n_frames} frames (t, z planes)\n- physical steps {st.scale} {st.units} "
+            f"(from {info['geometry_source']})\n- intensity map: `{st.intensity.to_dict()}`\n- data sha256: `{info['data_sha256']}`\n",
             key=artifact_key("ingest", p.store), description="ingest summary")
     return info

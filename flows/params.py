@@ -140,7 +140,13 @@ class ExecutionSpec(_Model):
 class IngestParams(_Model):
     source: str = Field(..., description="TIFF/OME-TIFF, .npy, folder of frames, or file.h5:/dataset")
     store: str = Field(..., description="OME-Zarr input store to create")
-    axes: Optional[str] = Field(None, description="axes of .npy/HDF5 sources, letters of 'tcyx'")
+    axes: Optional[str] = Field(None, description="the source's axes in its own order, letters of 'tczyx' "
+                                                  "(e.g. 'zyx', 'TZCYX'); default: from the file's metadata")
+    pixel_size: Optional[list[float]] = Field(None, description="[y, x] (or [s]) physical pixel size; default: the file's")
+    z_step: Optional[float] = Field(None, gt=0, description="physical z spacing; default: the file's")
+    time_step: Optional[float] = Field(None, gt=0, description="time between frames; default: the file's")
+    space_unit: Optional[str] = Field(None, description="OME-NGFF space unit, e.g. micrometer")
+    time_unit: Optional[str] = Field(None, description="OME-NGFF time unit, e.g. second")
     chunk: int = Field(256, ge=8)
     intensity: Any = Field("percentile", description="'percentile', 'minmax', 'dtype' or [low, high]")
     nonfinite: Literal["refuse", "mask"] = "refuse"

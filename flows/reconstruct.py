@@ -10,7 +10,7 @@ What happens (one flow run)::
                prefect-dask): one task per batch of B tiles (one network call per step for the
                batch), retried on failure; tasks get descriptors, never arrays; batches whose
                tiles are all in the ledger are skipped (resume)
-    assemble   one task per frame: blend staged tiles into recon/0
+    assemble   one task per frame: blend staged tiles into the root image (level 0), then its pyramid
     finalize   COMPLETE marker, summary markdown artifact, a small result dict
 
 Nothing array-valued goes to the Prefect database: results are not persisted and every task
@@ -222,7 +222,8 @@ def settings_text(config: dict) -> str:
 def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dict, rows: list[dict],
                      flags: list) -> str:
     lines = ["# ddiff reconstruction", "",
-             f"- input: `{p.input_store}`", f"- output: `{out.path}` (recon: `recon/0`, diagnostics: `diagnostics/`)",
+             f"- input: `{p.input_store}`", f"- output: `{out.path}` (OME-NGFF image at the root, {out.levels} pyramid levels, axes "
+             f"`{out.layout.axes}`; diagnostics: `diagnostics/`)",
              f"- operator: `{p.operator.name}` {p.operator.params or ''}; noise: `{p.noise.kind}` σ={p.noise.sigma:g}",
              f"- prior: `{p.prior}`; solver: `{p.solver.name}` {out.manifest['config']['hyperparameters']}",
              f"- {settings_text(out.manifest['config'])}",
