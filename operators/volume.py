@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ._extend import extension_index
+from .blur import KernelBlur, _AdjointFn, _LinearFn
 from .ct import CTParallelBeam
 from .psf3d import DEFOCUS_MODELS, widefield_psf_3d
 
@@ -96,11 +97,11 @@ class VolumeBlur(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.name)
-        return _BlurFn.apply(x, self)
+        return _LinearFn.apply(x, self)  # backward = the explicit adjoint (blur.py)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y, f"{self.name}.adjoint")
-        return _BlurAdjointFn.apply(y, self)
+        return _AdjointFn.apply(y, self)
 
     def _correlate(self, x: torch.Tensor) -> torch.Tensor:
         z, h, w = x.shape[-3:]
@@ -122,30 +123,6 @@ class VolumeBlur(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel={tuple(self.kernel.shape)}, boundary={self.boundary!r}, halo={self.halo}, halo_z={self.halo_z}"
-
-
-class _BlurFn(torch.autograd.Function):
-    """``A x`` whose backward is the explicit adjoint."""
-
-    @staticmethod
-    def forward(ctx, x, op):
-        ctx.op = op
-        return op._correlate(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _BlurAdjointFn.apply(g, ctx.op), None
-
-
-class _BlurAdjointFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, op):
-        ctx.op = op
-        return op._correlate_adjoint(y)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _BlurFn.apply(g, ctx.op), None
 
 
 class Widefield3D(VolumeBlur):
@@ -171,8 +148,6 @@ class Widefield3D(VolumeBlur):
     def focal_plane(self):
         """The in-focus plane of the PSF as a 2-D blur (normalised to sum 1): the operator a
         slice-by-slice deconvolution uses when it ignores the light from other planes."""
-        from .blur import KernelBlur
-
         k = self.kernel[self.halo_z]
         return KernelBlur(k / k.sum(), boundary=self.boundary, name="widefield_focal_plane")
 
