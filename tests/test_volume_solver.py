@@ -10,8 +10,8 @@ import torch
 
 from ddiff import DDiff, SliceBySlice, VolumeDDiff, VolumeDiffPnPADMM
 from ddiff.metrics import chi2_reduced, psnr
-from ddiff.priors.exact import GaussianPrior, operator_matrix, se_covariance
-from ddiff.problems import small_operator
+from ddiff.priors.exact import GaussianPrior
+from ddiff.problems import coupled_gaussian_volume, small_operator
 from ddiff.solvers.volume import ZSmoother
 from operators import GaussianNoise
 from operators.volume import SliceWise, Widefield3D, to_slices
@@ -26,45 +26,10 @@ def _laplacian_z(planes):
 
 @pytest.fixture(scope="module")
 def gaussian_volume():
-    """Volumes ``(2, 1, 5, 6, 6)`` drawn from the coupled Gaussian ``N(0, P⁻¹)``,
-    ``P = I_Z ⊗ Σ⁻¹ + λ D_zᵀD_z ⊗ I`` (Σ: the 2-D prior's SE covariance, λ = 100), seen through a
-    30 %-observed mask on every plane with σ = 0.05; the 2-D prior is the per-plane ``N(0, Σ)``."""
+    """Volumes ``(2, 1, 5, 6, 6)`` from the coupled Gaussian (λ = 100) behind a 30 %-observed mask
+    on every plane, σ = 0.05; the 2-D prior is the per-plane ``N(0, Σ)`` (``ddiff.problems``)."""
     torch.set_num_threads(1)
-    S, Z, B, lam = 6, 5, 2, 100.0
-    n = S * S
-    cov = se_covariance((1, S, S), 0.3, 2.0) + 1e-6 * torch.eye(n, dtype=torch.float64)
-    prior = GaussianPrior(torch.zeros(1, S, S, dtype=torch.float64), cov)
-    P = torch.kron(torch.eye(Z, dtype=torch.float64), torch.linalg.inv(cov).contiguous())
-    P = P + lam * torch.kron(_laplacian_z(Z), torch.eye(n, dtype=torch.float64))
-    g = torch.Generator().manual_seed(0)
-    chol = torch.linalg.cholesky(torch.linalg.inv(P))
-    x = (torch.randn(B, Z * n, generator=g, dtype=torch.float64) @ chol.T).reshape(B, 1, Z, S, S)
-    op = SliceWise(small_operator("mask", S, 0))
-    noise = GaussianNoise(SIGMA)
-    y = noise.sample(op(x), g)
-    return dict(prior=prior, P=P, lam=lam, x=x, y=y, op=op, noise=noise, A=operator_matrix(op, (1, Z, S, S)))
-
-
-def _constrained_map(P, A, y, tau=1.0):
-    """argmin ½ xᵀPx s.t. ‖y − A x‖² ≤ τ m σ²: ``x(α) = (P + α AᵀA/σ²)⁻¹ α Aᵀy/σ²`` with the
-    multiplier α on the constraint (bisection on log α; the residual decreases in α)."""
-    yf = y.reshape(y.shape[0], -1)
-    m = yf.shape[1]
-
-    def x_of(alpha, b):
-        return torch.linalg.solve(P + alpha * A.T @ A / SIGMA**2, alpha * A.T @ yf[b] / SIGMA**2)
-
-    out = []
-    for b in range(yf.shape[0]):
-        lo, hi = -10.0, 20.0
-        for _ in range(100):
-            mid = (lo + hi) / 2
-            if ((yf[b] - A @ x_of(math.exp(mid), b)) ** 2).sum() > tau * m * SIGMA**2:
-                lo = mid
-            else:
-                hi = mid
-        out.append(x_of(math.exp(hi), b))
-    return torch.stack(out)
+    return coupled_gaussian_volume()
 
 
 def _vpsnr(a, b):
@@ -76,14 +41,14 @@ def test_coupled_pnp_admm_converges_to_the_exact_map_of_the_gaussian_volume(gaus
     level t is the prox at penalty 1/σ̄_t²), so the PnP variant is exact ADMM: it must land on the
     closed-form MAP of prior + λ/2‖D_z x‖² + the discrepancy constraint."""
     v = gaussian_volume
-    x_map = _constrained_map(v["P"], v["A"], v["y"]).reshape(v["x"].shape)
-    r = VolumeDiffPnPADMM(v["prior"], steps=1000, coupling_weight=v["lam"]).solve(v["y"], v["op"], v["noise"])
+    x_map = v.constrained_map()
+    r = VolumeDiffPnPADMM(v.prior, steps=1000, coupling_weight=v.weight).solve(v.y, v.operator, v.noise)
     assert r.nfe == 1000
     assert float((r.x - x_map).norm() / x_map.norm()) < 3e-3
-    assert torch.allclose(chi2_reduced(v["y"], v["op"](r.x), SIGMA), torch.ones(2, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(chi2_reduced(v.y, v.operator(r.x), SIGMA), torch.ones(2, dtype=torch.float64), atol=1e-6)
     # the coupling is what it converges to: without it, or with another weight, the answer differs
-    for other in (dict(coupling=None), dict(coupling_weight=10 * v["lam"])):
-        r2 = VolumeDiffPnPADMM(v["prior"], steps=300, **other).solve(v["y"], v["op"], v["noise"])
+    for other in (dict(coupling=None), dict(coupling_weight=10 * v.weight)):
+        r2 = VolumeDiffPnPADMM(v.prior, steps=300, **other).solve(v.y, v.operator, v.noise)
         assert float((r2.x - x_map).norm() / x_map.norm()) > 0.05
 
 
@@ -94,13 +59,13 @@ def test_coupled_ddiff_beats_slice_by_slice_at_equal_nfe(gaussian_volume):
     v = gaussian_volume
     gains = []
     for seed in (1, 2, 3):
-        rc = VolumeDDiff(v["prior"], steps=100).solve(v["y"], v["op"], v["noise"], generator=torch.Generator().manual_seed(seed))
-        rs = SliceBySlice(DDiff(v["prior"], steps=100)).solve(v["y"], v["op"], v["noise"],
+        rc = VolumeDDiff(v.prior, steps=100).solve(v.y, v.operator, v.noise, generator=torch.Generator().manual_seed(seed))
+        rs = SliceBySlice(DDiff(v.prior, steps=100)).solve(v.y, v.operator, v.noise,
                                                               generator=torch.Generator().manual_seed(seed))
         assert rc.nfe == rs.nfe == 100
         # the output is x + u of the last step (as DDiff's): near, not on, the discrepancy level
-        assert torch.allclose(chi2_reduced(v["y"], v["op"](rc.x), SIGMA), torch.ones(2, dtype=torch.float64), atol=0.1)
-        gains.append(_vpsnr(rc.x, v["x"]) - _vpsnr(rs.x, v["x"]))
+        assert torch.allclose(chi2_reduced(v.y, v.operator(rc.x), SIGMA), torch.ones(2, dtype=torch.float64), atol=0.1)
+        gains.append(_vpsnr(rc.x, v.x) - _vpsnr(rs.x, v.x))
     assert sum(gains) / 3 > 1.5, gains
     weights = rc.trace[-1]["coupling_weight"]
     assert len(weights) == 2 and all(w > 0 and math.isfinite(w) for w in weights)
@@ -165,12 +130,12 @@ def test_volume_solver_on_a_3d_blur_fits_the_data():
 def test_volume_solver_names_bad_input(gaussian_volume):
     v = gaussian_volume
     with pytest.raises(ValueError, match="needs x_update='discrepancy'"):
-        VolumeDDiff(v["prior"], x_update="gradient")
+        VolumeDDiff(v.prior, x_update="gradient")
     with pytest.raises(ValueError, match="coupling must be 'quadratic' or None"):
-        VolumeDDiff(v["prior"], coupling="tv")
+        VolumeDDiff(v.prior, coupling="tv")
     with pytest.raises(ValueError, match="coupling_weight must be > 0"):
-        VolumeDDiff(v["prior"], coupling_weight=0)
+        VolumeDDiff(v.prior, coupling_weight=0)
     with pytest.raises(ValueError, match="early_stop is not available for volumes"):
-        VolumeDDiff(v["prior"], early_stop=1e-3)
+        VolumeDDiff(v.prior, early_stop=1e-3)
     with pytest.raises(ValueError, match=r"x_shape must be \(B, C, Z, H, W\)"):
-        VolumeDDiff(v["prior"], steps=2).solve(v["y"][:, :, 0], v["op"].op, v["noise"])
+        VolumeDDiff(v.prior, steps=2).solve(v.y[:, :, 0], v.operator.op, v.noise)
