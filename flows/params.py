@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 __all__ = ["OperatorSpec", "NoiseSpec", "SolverSpec", "ExecutionSpec", "IngestParams", "ReconstructParams",
            "AuditParams", "TrainParams", "BenchmarkParams", "BENCH_PRESETS", "SOLVER_NAMES", "PAPER_TASKS"]
@@ -177,7 +178,9 @@ class ReconstructParams(_Model):
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     overwrite: bool = Field(False, description="replace an output written with a different configuration")
     artifacts: bool = Field(True, description="publish progress/summary artifacts")
-    fail_after_tiles: Optional[int] = Field(None, ge=0, description="TESTING: stop with an error after this many tiles are written")
+    # testing hook, left out of the JSON schema: deployment forms in the Prefect UI never show it
+    fail_after_tiles: SkipJsonSchema[Optional[int]] = Field(
+        None, ge=0, description="TESTING: stop with an error after this many tiles are written")
 
     @field_validator("input_store")
     @classmethod

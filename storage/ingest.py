@@ -88,7 +88,8 @@ def _check_target(store: Path, overwrite: bool, kind: str) -> bool:
                                f"{'' if found is None else ' of kind ' + found}); nothing was written. "
                                "Choose a new path (overwrite=True never deletes data this package did not write)")
     if not overwrite:
-        raise StoreExistsError(f"{store} already holds an ingested stack; pass overwrite=True to replace it "
+        raise StoreExistsError(f"{store} already holds an ingested stack; pass --overwrite (`ddiff ingest`; overwrite=True in "
+                               f"Python) to replace it "
                                "or choose another path")
     return True
 

@@ -202,7 +202,8 @@ def create_output(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
         if not overwrite:
             raise ConfigMismatchError(
                 f"{path} was written with a different configuration (config_hash {old.manifest['config_hash'][:12]} "
-                f"!= {config_hash[:12]}); pass overwrite=True to replace it or choose another output path")
+                f"!= {config_hash[:12]}); to replace it pass --overwrite (`ddiff reconstruct`; overwrite=True in "
+                f"Python) or choose another output path")
         # hold the old store's lock while replacing it: raises LockError if a live run holds it,
         # breaks a stale one; the lock file leaves with the old folder
         RunLock(path).acquire()
