@@ -156,13 +156,13 @@ def _volume_loop(solver, net, y, operator, noise, x_shape, generator, emit):
             s = solver.noise_scale(ab, ab_prev)
             xi = randn(x.shape, generator, dt, dev) if t > solver.t0 and s > 0 else 0.0
             x_t = math.sqrt(ab_prev) * (x + u) + math.sqrt(max(1 - ab_prev - s**2, 0.0)) * eps_tilde + s * xi
-        info = {"i": i, "t": t, "gamma": gamma, "x": x, "z": z, "u": u, "primal_residual": per_sample_norm(x - z).flatten()}
+        info = {"i": i, "t": t, "gamma": gamma, "x": x, "z": z, "primal_residual": per_sample_norm(x - z).flatten()}
         u = solver.dual_update(u, x, z, sched, t, t_prev)  # (6) duals, rescaled with the penalties
         if coupled:
             info.update(w=w, coupling_residual=per_sample_norm(x - w).flatten(), coupling_weight=lam)
             v = solver.dual_update(v, x, w, sched, t, t_prev)
         through = through_plane_difference(x).flatten(1).square().mean(1).sqrt() if x_shape[2] > 1 else None
-        emit({**info, "x_t": x_t, "dual_norm": per_sample_norm(u).flatten(), "through_plane_rms": through, **fit})
+        emit({**info, "u": u, "x_t": x_t, "dual_norm": per_sample_norm(u).flatten(), "through_plane_rms": through, **fit})
     return x_t if solver._on_manifold else x + u
 
 
