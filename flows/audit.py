@@ -25,6 +25,7 @@ import storage
 from ddiff.audit import audit
 
 from . import tiles as T
+from .checks import check_audit
 from .audit_report import render_audit_report, summary_markdown
 from .params import AuditParams, NoiseSpec
 
@@ -46,7 +47,7 @@ def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, contr
     if not out.complete:
         raise storage.StorageError(f"{out.path} is not complete; finish `ddiff reconstruct` (rerun it to resume) first")
     cfg = out.manifest["config"]
-    stack = storage.open_stack(out.manifest["input"]["path"])
+    stack = storage.open_input(out)  # refuses an input re-ingested since the reconstruction (one line)
     f = int(out.manifest["scale"])
     H, W = out.plan.frame_shape
     op = T.build_operator(cfg["operator"]["name"], cfg["operator"]["params"], (H * f, W * f))
@@ -68,6 +69,7 @@ def audit_reconstruction(params: AuditParams) -> dict:
 
     p = params if isinstance(params, AuditParams) else AuditParams.model_validate(params)
     logger = get_run_logger()
+    check_audit(p.output_store)  # complete, and its input is still the one it was made from
     out = storage.open_output(p.output_store)
     report_dir = Path(p.report_dir) if p.report_dir else out.path.with_name(out.path.name + ".audit")
     plan, f, n = out.plan, int(out.manifest["scale"]), out.n_frames

@@ -43,9 +43,9 @@ from zarr.storage import LocalStore
 from .intensity import IntensityMap, PercentileSampler
 from .ome import AXES, ome_image_attrs, package_version
 from .readers import open_source
-from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory
+from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory, creatable
 
-__all__ = ["ingest", "open_stack", "Stack", "verify_stack", "INPUT_KIND"]
+__all__ = ["ingest", "check_ingest", "open_stack", "Stack", "verify_stack", "INPUT_KIND"]
 
 INPUT_KIND = "ddiff-input-stack"
 
@@ -260,3 +260,20 @@ def verify_stack(store, block_bytes: int = 64 << 20) -> bool:
     for t0 in range(0, T, per):
         h.update(np.ascontiguousarray(st.array[t0:min(T, t0 + per)]))
     return h.hexdigest() == st.meta["data_sha256"]
+
+
+def check_ingest(source, store, *, dataset: str | None = None, axes: str | None = None, overwrite: bool = False) -> None:
+    """Everything :func:`ingest` checks before it writes, without writing: the target (absent, empty,
+    or an old ingest with ``overwrite``; its folder writable), the source (readable, its layout
+    and dtype supported — headers only, no pixels read). Raises the error ``ingest`` would raise."""
+    store = Path(store)
+    _check_target(store, overwrite, INPUT_KIND)
+    if not creatable(store):
+        raise StorageError(f"cannot create {store}: its folder {store.parent} is not writable (or cannot be "
+                           "created); choose a store path in a writable folder")
+    reader = open_source(source, dataset=dataset, axes=axes)
+    try:
+        if reader.dtype.kind not in "uif" or reader.dtype.itemsize > 8:
+            raise StorageError(f"{source}: dtype {reader.dtype} is not supported (integers or floats only)")
+    finally:
+        reader.close()
