@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BLUR, SIGMA, tiny_prior
+from conftest import tiny_prior
+from test_flows import params as flow_params
 
 import flows
 import storage
@@ -120,12 +121,10 @@ def test_bad_input_gets_one_exact_line_and_writes_nothing(bad, capsys, case, arg
     assert not (bad / "pwned").exists()
 
 
-def params(env, out, **kw):
-    base = dict(input_store=str(env["input"]), output_store=str(out), prior=str(env["prior"]), operator=BLUR,
-                noise={"kind": "gaussian", "sigma": SIGMA}, solver={"name": "ddiff", "steps": STEPS}, tile=24,
-                overlap=4, seed=3, execution={"batch_size": 1, "torch_threads": 1}, artifacts=False)
-    base.update(kw)
-    return flows.ReconstructParams(**base)
+def params(env, out, steps=STEPS, **kw):
+    """test_flows' parameters, with small batches and few steps (fast; batches of 1 make 8 tasks)."""
+    return flow_params(env, out, **{"solver": {"name": "ddiff", "steps": steps},
+                                    "execution": {"batch_size": 1, "torch_threads": 1}, "artifacts": False, **kw})
 
 
 def test_failed_start_leaves_nothing_and_the_corrected_command_runs(flows_env, tmp_path, capsys):

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BLUR, SIGMA
+from conftest import SIGMA
+from test_faults import params
 
 import flows
 import storage
@@ -64,15 +65,7 @@ def test_kill9_during_ingest_leaves_nothing_and_the_next_run_reclaims(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # every orphan reclaimed
 
 
-def _params(env, out, steps=4, **kw):
-    base = dict(input_store=str(env["input"]), output_store=str(out), prior=str(env["prior"]), operator=BLUR,
-                noise={"kind": "gaussian", "sigma": SIGMA}, solver={"name": "ddiff", "steps": steps}, tile=24, overlap=4,
-                seed=3, execution={"batch_size": 1, "torch_threads": 1}, artifacts=False)
-    base.update(kw)
-    return flows.ReconstructParams(**base)
-
-
-def _cli(env, out, *extra, steps=4):
+def _cli(env, out, *extra, steps=3):
     return [sys.executable, "-m", "flows.cli", "reconstruct", str(env["input"]), str(out), "--prior", str(env["prior"]),
             "--op-param", "kernel_size=7", "--op-param", "std=1.0", "--sigma", str(SIGMA), "--steps", str(steps), "--tile",
             "24", "--overlap", "4", "--seed", "3", "--batch-size", "1", "--threads", "1", "--no-progress", *extra]
@@ -105,9 +98,9 @@ def test_kill9_of_the_command_leaves_no_process_and_resumes_identically(flows_en
     gone, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
     assert storage.RunLock.holder(out)["pid"] == proc.pid  # a stale lock: the rerun breaks it
-    res = flows.reconstruct_stack(_params(flows_env, out, steps=8))
+    res = flows.reconstruct_stack(params(flows_env, out, steps=8))
     assert res["complete"] and res["skipped"] >= 1
-    ref = flows.reconstruct_stack(_params(flows_env, tmp_path / "ref.zarr", steps=8))
+    ref = flows.reconstruct_stack(params(flows_env, tmp_path / "ref.zarr", steps=8))
     assert ref["skipped"] == 0
     for a, b in zip(_bytes(out), _bytes(tmp_path / "ref.zarr")):
         np.testing.assert_array_equal(a, b)
@@ -133,7 +126,7 @@ def test_a_full_disk_fails_in_one_line_naming_the_store_and_the_cause(flows_env,
         "a file-size limit was hit (ulimit -f, or the filesystem's limit); fix that, then rerun the same command to " \
         "resume" in err[0], err[0]
     assert not out.exists() or storage.RunLock.holder(out) is None
-    res = flows.reconstruct_stack(_params(flows_env, out, tile=48))
+    res = flows.reconstruct_stack(params(flows_env, out, tile=48))
     assert res["complete"]
 
 
@@ -144,14 +137,14 @@ def test_same_bytes_from_threads_dask_workers_and_a_resumed_mix(flows_env, tmp_p
     import distributed
 
     ex = {"batch_size": 1, "torch_threads": 2}
-    ref = flows.reconstruct_stack(_params(flows_env, tmp_path / "ref.zarr", execution=ex))
+    ref = flows.reconstruct_stack(params(flows_env, tmp_path / "ref.zarr", execution=ex))
     mixed = tmp_path / "mixed.zarr"
     with pytest.raises(flows.tiles.InjectedFailure):
-        flows.reconstruct_stack(_params(flows_env, mixed, execution=ex, fail_after_tiles=3))
+        flows.reconstruct_stack(params(flows_env, mixed, execution=ex, fail_after_tiles=3))
     with pytest.raises(storage.ConfigMismatchError, match="torch_threads 2 -> 1"):
-        flows.reconstruct_stack(_params(flows_env, mixed, execution={"batch_size": 1, "torch_threads": 1}))
+        flows.reconstruct_stack(params(flows_env, mixed, execution={"batch_size": 1, "torch_threads": 1}))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
-        res = flows.reconstruct_stack(_params(flows_env, mixed, execution={**ex, "dask_address": cl.scheduler_address}))
+        res = flows.reconstruct_stack(params(flows_env, mixed, execution={**ex, "dask_address": cl.scheduler_address}))
     assert res["skipped"] == 3 and res["solved"] == ref["solved"] - 3 and os.getpid() not in res["worker_pids"]
     for a, b in zip(_bytes(mixed), _bytes(tmp_path / "ref.zarr")):
         np.testing.assert_array_equal(a, b)
