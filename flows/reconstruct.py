@@ -158,7 +158,7 @@ def solve_stage(params: ReconstructParams, run_id: str, artifact_id: str | None 
     task = solve_tiles.with_options(retries=p.execution.retries)
     window = _in_flight(p)
     pending, running = list(descs), []
-    done_tiles, solver_s, nfe, errors, pids = already, 0.0, 0, [], set()
+    done_tiles, solver_s, nfe, errors, pids, threads = already, 0.0, 0, [], set(), set()
     while pending or running:
         # keep at most `window` batches in flight; after the first error nothing new is scheduled
         while pending and len(running) < window and not errors:
@@ -178,12 +178,14 @@ def solve_stage(params: ReconstructParams, run_id: str, artifact_id: str | None 
         solver_s += r["seconds"]
         nfe += r["nfe"] * r["tiles"]
         pids.add(r["pid"])
+        threads.add(r.get("threads"))
         if artifact_id is not None:
             update_progress_artifact(artifact_id, progress=100.0 * done_tiles / max(total, 1))
         logger.info("tiles %d/%d solved (batch of %d, %.2fs)", done_tiles, total, r["tiles"], r["seconds"])
     if errors:
         raise errors[0]
-    return {"solved": done_tiles - already, "solver_seconds": solver_s, "nfe": nfe, "pids": sorted(pids)}
+    return {"solved": done_tiles - already, "solver_seconds": solver_s, "nfe": nfe, "pids": sorted(pids),
+            "threads": sorted(threads)}
 
 
 def _in_flight(p: ReconstructParams) -> int:
@@ -201,6 +203,16 @@ def _in_flight(p: ReconstructParams) -> int:
         return max(1, ex.dask_workers, ex.max_workers)
 
 
+def _api_url() -> str | None:
+    """The API URL this flow run talks to (a temporary server's too), for the processes it starts."""
+    try:
+        from prefect.context import FlowRunContext
+
+        return str(FlowRunContext.get().client.api_url).rstrip("/") or None
+    except Exception:  # noqa: BLE001 - outside a flow run
+        return None
+
+
 def _task_runner(p: ReconstructParams):
     ex = p.execution
     if ex.dask_address or ex.dask_workers:
@@ -210,9 +222,12 @@ def _task_runner(p: ReconstructParams):
             return DaskTaskRunner(address=ex.dask_address)
         # workers get a scratch directory outside the repository (see flows/__init__.py for the
         # import-path guard that makes `import storage` right whatever the directory is)
-        return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
-            "n_workers": ex.dask_workers, "threads_per_worker": 1, "processes": True,
-            "dashboard_address": None, "local_directory": tempfile.mkdtemp(prefix="ddiff-dask-")})
+        kw = {"n_workers": ex.dask_workers, "threads_per_worker": 1, "processes": True,
+              "dashboard_address": None, "local_directory": tempfile.mkdtemp(prefix="ddiff-dask-")}
+        api = _api_url()
+        if api:  # workers report to this run's API server instead of each starting a temporary one
+            kw["env"] = {"PREFECT_API_URL": api}
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kw)
     return ThreadPoolTaskRunner(max_workers=ex.max_workers)
 
 
@@ -320,7 +335,7 @@ def reconstruct_stack(params: ReconstructParams) -> dict:
             art = create_progress_artifact(progress=100.0 * already / max(total, 1),
                                            key=artifact_key("reconstruct-progress", p.output_store),
                                            description=f"tiles solved in {out.path.name}")
-        stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": []}
+        stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": [], "threads": []}
         if already < total or p.fail_after_tiles is not None:
             stage = solve_stage.with_options(task_runner=_task_runner(p))(p, lock.run_id,
                                                                           None if art is None else str(art))
@@ -336,7 +351,7 @@ def reconstruct_stack(params: ReconstructParams) -> dict:
     result = {"output": str(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
               "skipped": already, "wall_seconds": time.perf_counter() - t0,
               "solver_seconds": stage["solver_seconds"], "nfe": stage["nfe"], "complete": True,
-              "worker_pids": stage["pids"]}
+              "worker_pids": stage["pids"], "worker_threads": stage["threads"]}
     if p.artifacts:
         rows, flags = frame_table(out), chi2_flags(out)
         create_markdown_artifact(summary_markdown(p, out, result, rows, flags),

@@ -219,7 +219,8 @@ def make_solver(config: dict, prior):
 
 def solve_batch(desc: dict) -> dict:
     """Solve and write one batch of tiles (see module docstring). Returns a small summary dict:
-    ``{"tiles", "written", "seconds" (solver wall time), "nfe", "chi2_nu" (list)}``."""
+    ``{"tiles", "written", "seconds" (solver wall time), "nfe", "chi2_nu" (list), "pid", "threads"
+    (the torch thread count it ran with: the recorded one)}``."""
     cfg = desc["config"]
     out = storage.open_output(desc["output"])
     stack = storage.open_input(out, desc["input"])  # refuses an input replaced since the output was created
@@ -288,7 +289,7 @@ def solve_batch(desc: dict) -> dict:
         if fail_after is not None and written >= int(fail_after):
             raise InjectedFailure(f"fail_after_tiles: interrupted deliberately after {written} tile(s) of batch {items}")
     return {"tiles": len(items), "written": written, "seconds": float(res.seconds), "nfe": int(res.nfe),
-            "chi2_nu": chis, "pid": os.getpid()}
+            "chi2_nu": chis, "pid": os.getpid(), "threads": torch.get_num_threads()}
 
 
 def resolved_threads(threads: int | None) -> int:

@@ -30,6 +30,7 @@ Contract for flows:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -43,11 +44,13 @@ from zarr.storage import LocalStore
 from .intensity import IntensityMap, PercentileSampler
 from .ome import AXES, ome_image_attrs, package_version
 from .readers import open_source
-from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory, creatable
+from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory, creatable, write_error
 
 __all__ = ["ingest", "check_ingest", "open_stack", "Stack", "verify_stack", "INPUT_KIND"]
 
 INPUT_KIND = "ddiff-input-stack"
+#: errors only a write can meet (a full disk, a size limit, a read-only target)
+_WRITE_ERRNOS = {getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EROFS") if hasattr(errno, n)}
 
 
 def _compressors(compression: str | None, dtype: np.dtype):
@@ -168,6 +171,10 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
             }
             root.attrs.update({"ome": ome_image_attrs(Path(store).name, pixel_size, space_unit, time_step, time_unit),
                                "ddiff": meta})
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS:  # the target's disk: one line naming the store and the cause
+            raise write_error("the ingested stack", store, exc) from exc
+        raise
     finally:
         reader.close()
     return open_stack(store)

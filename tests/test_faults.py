@@ -148,7 +148,9 @@ def test_consumers_refuse_a_replaced_input(flows_env, tmp_path, capsys):
     np.save(src, np.load(flows_env["y"]))
     storage.ingest(src, store, axes="tcyx", intensity=(0, 1))
     p = params(flows_env, out, input_store=str(store))
-    flows.reconstruct_stack(p)
+    res = flows.reconstruct_stack(p)
+    # (and every task ran with the recorded torch thread count, not its thread's default of all CPUs)
+    assert storage.open_output(out).manifest["config"]["torch_threads"] == 1 and res["worker_threads"] == [1]
     rec = storage.open_output(out).manifest["input"]["data_sha256"]
     other = tmp_path / "other.npy"
     np.save(other, np.load(flows_env["y"])[::-1].copy())  # the frames swapped: same shape, other data
