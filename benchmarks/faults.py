@@ -11,10 +11,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+# Run as a script, this folder comes first on sys.path and benchmarks/operators.py would shadow the package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def identity_cost(work: Path, frames: int) -> None:

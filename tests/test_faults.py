@@ -256,3 +256,16 @@ def test_orphaned_temporary_folders_are_reclaimed_only_when_their_owner_is_gone(
     storage.ingest(bad / "y.npy", target, axes="tcyx", intensity=(0, 1))
     assert not orphan.exists() and not legacy.exists()
     assert alive.exists() and remote.exists() and other.exists()
+
+
+def test_a_lock_that_cannot_be_released_never_hides_the_cause(tmp_path):
+    with pytest.raises(ValueError, match="the run's own error"):
+        with storage.RunLock(tmp_path / "o.zarr") as lock:
+            lock.path.unlink()
+            lock.path.mkdir()  # releasing will now fail (the lock path is a folder)
+            raise ValueError("the run's own error")
+    lock = storage.RunLock(tmp_path / "q.zarr").acquire()
+    lock.path.unlink()
+    lock.path.mkdir()
+    with pytest.raises(OSError):  # without an error on its way out, a failed release is reported
+        lock.release()
