@@ -117,14 +117,17 @@ def cmd_ingest(a) -> int:
         except ValueError:
             raise ValueError(f"--intensity {a.intensity!r}: give two numbers LOW,HIGH (e.g. 0,4095) or one of "
                              "percentile, minmax, dtype") from None
+    pixel = None if a.pixel_size is None else [float(v) for v in a.pixel_size.split(",")]
     p = IngestParams(source=a.source, store=a.store, axes=a.axes, chunk=a.chunk, intensity=intensity,
-                     nonfinite=a.nonfinite, overwrite=a.overwrite)
+                     nonfinite=a.nonfinite, overwrite=a.overwrite, pixel_size=pixel, z_step=a.z_step,
+                     time_step=a.time_step, space_unit=a.space_unit, time_unit=a.time_unit)
     check_ingest(p)  # before Prefect starts: a bad source or target is reported in a second
     from . import ingest_stack
 
     with command_server(), _spinner(f"ingesting {a.source}", not a.no_progress):
         info = ingest_stack(p)
-    _console().print(f"[green]ingested[/green] {info['store']}  shape (t,c,y,x) {info['shape']}  {info['dtype']}")
+    _console().print(f"[green]ingested[/green] {info['store']}  axes {info['axes']} {info['sizes']}  {info['dtype']}  "
+                     f"pixel {info['scale']} {info['units']} (from {info['geometry_source']})")
     return 0
 
 
@@ -244,7 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Stream SOURCE into the OME-Zarr store STORE (flow ingest_stack).")
     sp.add_argument("source")
     sp.add_argument("store")
-    sp.add_argument("--axes", default=None, help="axes of .npy/HDF5 sources, letters of tcyx (e.g. tyx)")
+    sp.add_argument("--axes", default=None, help="the source's axes in its own order, letters of TCZYX (e.g. ZYX, "
+                    "TZCYX); default: from OME-TIFF/ImageJ metadata or HDF5 dimension labels")
+    sp.add_argument("--pixel-size", default=None, help="Y,X (or one value) physical pixel size; default: from the file")
+    sp.add_argument("--z-step", type=float, default=None, help="physical z spacing; default: from the file")
+    sp.add_argument("--time-step", type=float, default=None, help="time between frames; default: from the file")
+    sp.add_argument("--space-unit", default=None, help="e.g. micrometer, nanometer (default: from the file)")
+    sp.add_argument("--time-unit", default=None, help="e.g. second, millisecond (default: from the file)")
     sp.add_argument("--chunk", type=int, default=256)
     sp.add_argument("--intensity", default="percentile", help="percentile | minmax | dtype | LOW,HIGH")
     sp.add_argument("--nonfinite", default="refuse", choices=["refuse", "mask"])

@@ -29,7 +29,8 @@ __all__ = ["input_record", "open_input", "output_action"]
 def input_record(stack: Stack) -> dict:
     """What an output records of its input: the identity consumers check (:func:`open_input`)."""
     return {"path": str(stack.path.resolve()), "data_sha256": stack.meta["data_sha256"], "shape": list(stack.shape),
-            "dtype": stack.meta["dtype"], "intensity": stack.intensity.to_dict()}
+            "dtype": stack.meta["dtype"], "intensity": stack.intensity.to_dict(), "axes": stack.axes,
+            "sizes": dict(zip(stack.layout.axes, stack.layout.shape))}
 
 
 _IDENTITY = ("data_sha256", "shape", "dtype", "intensity")
@@ -81,7 +82,7 @@ def output_action(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
                   scale: int = 1, overwrite: bool = False, replace_unused: bool = False) -> tuple[str, dict]:
     """What :func:`create_output` would do at ``path`` — ``("create" | "resume" | "replace", manifest)`` —
     or the error it would raise, without writing anything (pre-flight checks call this)."""
-    from .output import OUTPUT_KIND, open_output
+    from .output import OUTPUT_KIND, _recon_meta, open_output
 
     path = Path(path)
     stack = input_store if isinstance(input_store, Stack) else open_stack(input_store)
@@ -96,6 +97,7 @@ def output_action(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
     config_hash = canonical_hash(identity)
     manifest = {"kind": OUTPUT_KIND, "version": package_version(), "config_hash": config_hash, "config": config,
                 "prior_sha256": prior_sha256, "input": inp, "plan": plan.to_dict(), "scale": scale,
+                "recon": _recon_meta(stack, plan, scale),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         if not creatable(path):
