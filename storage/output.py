@@ -197,6 +197,8 @@ def create_output(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
             if attempt:
                 raise
             continue  # a simultaneous start won the swap: decide again against its store
+        except OSError as exc:  # a full disk already at creation: nothing is left at path
+            raise write_error("the new output store", path, exc) from exc
         return open_output(path)
     raise AssertionError("unreachable")  # pragma: no cover
 

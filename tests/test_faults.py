@@ -70,7 +70,8 @@ BAD_INPUTS = [
     ("ingest-onto-store", "ingest {d}/y.npy {d}/in.zarr --axes tcyx",
      "{d}/in.zarr already holds an ingested stack; pass --overwrite to replace it or choose another path"),
     ("bad-axes", "ingest {d}/y.npy {d}/a.zarr --axes tyx",
-     "{d}/y.npy: --axes tyx does not describe a 4-D array; use letters from 'tcyx' with y and x, e.g. 'tyx' or 'tcyx'"),
+     "{d}/y.npy: --axes tyx does not describe a 4-D array; use one letter per dimension from 'tczyx' including y "
+     "and x, e.g. 'zyx', 'tcyx' or 'tzcyx'"),
     ("bad-intensity", "ingest {d}/y.npy {d}/a.zarr --intensity 0,x",
      "--intensity '0,x': give two numbers LOW,HIGH (e.g. 0,4095) or one of percentile, minmax, dtype"),
     ("sigma-0", "reconstruct {d}/in.zarr {d}/out.zarr --prior {d}/tiny.safetensors --sigma 0 " + COMMON,

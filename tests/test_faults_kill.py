@@ -20,6 +20,7 @@ import pytest
 
 from conftest import SIGMA
 from test_faults import params
+from test_flows import recon, staging
 
 import flows
 import storage
@@ -75,8 +76,7 @@ def _cli(env, out, *extra, steps=3):
 
 
 def _bytes(path):
-    g = storage.open_output(path).group()
-    return np.asarray(g["recon/0"][:]), np.asarray(g["staging/contrib"][:])
+    return recon(path), staging(path)
 
 
 def test_kill9_of_the_command_leaves_no_process_and_resumes_identically(flows_env, tmp_path):
@@ -113,24 +113,27 @@ def test_kill9_of_the_command_leaves_no_process_and_resumes_identically(flows_en
 
 
 def test_a_full_disk_fails_in_one_line_naming_the_store_and_the_cause(flows_env, tmp_path):
-    """Writes above 2 KiB fail (RLIMIT_FSIZE, as a full disk would): the command stops at the first
-    failed tile with one line naming the store and the cause, releases its lock, and the rerun
-    (limit lifted) completes."""
+    """Writes above 48 KiB fail (RLIMIT_FSIZE, as a full disk would): the store's metadata fits, the first
+    tile (a 160² core) does not. The command stops there with one line naming the store and the
+    cause, releases its lock, and the rerun (limit lifted) completes."""
     from prefect.settings import PREFECT_API_URL
 
+    np.save(tmp_path / "big.npy", np.random.default_rng(0).random((1, 160, 160), dtype=np.float32))
+    storage.ingest(tmp_path / "big.npy", tmp_path / "in.zarr", axes="tyx", intensity=(0, 1))
+    env_big = {**flows_env, "input": tmp_path / "in.zarr"}
     out = tmp_path / "full.zarr"
 
     def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (48 << 10, 48 << 10))
 
     env = {**ENV, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test harness's server
-    r = subprocess.run(_cli(flows_env, out, "--tile", "48"), env=env, preexec_fn=limit, capture_output=True,
+    r = subprocess.run(_cli(env_big, out, "--tile", "160"), env=env, preexec_fn=limit, capture_output=True,
                        text=True, timeout=300)
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1, r.stderr[-3000:]
-    assert err[0].startswith(f"ddiff: error: writing frame ") and f"to {out.resolve()} failed: File too large [EFBIG] — " \
-        "a file-size limit was hit (ulimit -f, or the filesystem's limit); fix that, then rerun the same command to " \
-        "resume" in err[0], err[0]
+    assert err[0] == (f"ddiff: error: writing frame 0 tile 0 to {out.resolve()} failed: File too large [EFBIG] — a "
+                      "file-size limit was hit (ulimit -f, or the filesystem's limit); fix that, then rerun the same "
+                      "command to resume"), err[0]
     assert not out.exists() or storage.RunLock.holder(out) is None
-    res = flows.reconstruct_stack(params(flows_env, out, tile=48))
+    res = flows.reconstruct_stack(params(env_big, out, tile=160))
     assert res["complete"]
