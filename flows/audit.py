@@ -21,12 +21,14 @@ import torch
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+import operators
 import storage
 from ddiff.audit import audit
 
 from . import tiles as T
 from .audit_report import render_audit_report, summary_markdown
-from .params import AuditParams, NoiseSpec
+from .noise import noise_model
+from .params import AuditParams
 
 __all__ = ["audit_reconstruction", "audit_frames", "CHUNK"]
 
@@ -34,10 +36,14 @@ CHUNK = 16  # frames audited (and held in memory) at once
 
 
 def _frames(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: int):
+    """``(x̂, y, valid)`` of frames ``[t0, t1)`` in model space; ``valid`` None when every entry is."""
     g = out.group("r")
     x = torch.from_numpy(out.intensity.to_model(np.asarray(g["recon/0"][t0:t1])))
-    y = torch.from_numpy(stack.to_model(np.asarray(stack.array[t0:t1])))
-    return x, y
+    y = stack.to_model(np.asarray(stack.array[t0:t1]))
+    valid = np.isfinite(y)
+    if stack.valid is not None:
+        valid &= np.asarray(stack.valid[t0:t1])
+    return x, torch.from_numpy(np.where(valid, y, np.float32(0))), (None if valid.all() else torch.from_numpy(valid))
 
 
 def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, control="sidak"):
@@ -50,8 +56,11 @@ def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, contr
     f = int(out.manifest["scale"])
     H, W = out.plan.frame_shape
     op = T.build_operator(cfg["operator"]["name"], cfg["operator"]["params"], (H * f, W * f))
-    noise = NoiseSpec(**cfg["noise"]).build()
-    x, y = _frames(out, stack, t0, t1)
+    noise = noise_model(cfg["noise"], stack)  # exact in the data's units (counts for a camera)
+    x, y, valid = _frames(out, stack, t0, t1)
+    if valid is not None:  # invalid entries count neither in the statistics nor in m
+        op = operators.Validity(op, valid, fill=noise.neutral())
+        y = op.apply(y)
     halo = getattr(op, "halo", None)
     res = audit(x, y, op, noise, alpha=alpha, window=window, control=control,
                 exclude_border=0 if halo is None else int(halo))

@@ -48,8 +48,17 @@ def _reconstruct_params(a) -> "flows.ReconstructParams":  # noqa: F821
     return ReconstructParams(
         input_store=a.input, output_store=a.output,
         operator={"name": a.operator, "params": _kv(a.op_param, "--op-param")},
-        noise={"kind": a.noise, "sigma": a.sigma, "gain": a.gain}, prior=a.prior, solver=solver,
+        noise=_noise_options(a), prior=a.prior, solver=solver,
         tile=a.tile, overlap=a.overlap, seed=a.seed, execution=execution, overwrite=a.overwrite)
+
+
+def _noise_options(a) -> dict:
+    """``--noise`` and the parameters given (the ones left out are estimated from the data)."""
+    kind = a.noise
+    if kind == "auto" and a.sigma is not None:
+        kind = "gaussian"  # --sigma alone: Gaussian noise of that σ
+    given = {"sigma": a.sigma, "gain": a.gain, "offset": a.offset, "read_noise": a.read_noise}
+    return {"kind": kind, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _add_reconstruct_options(sp, demo: bool = False) -> None:
@@ -57,9 +66,15 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
     if not demo:
         g.add_argument("--operator", default="gaussian_blur", help="forward model name (default: gaussian_blur)")
         g.add_argument("--op-param", action="append", metavar="K=V", help="operator keyword, repeatable (e.g. std=3.0)")
-        g.add_argument("--noise", default="gaussian", choices=["gaussian", "poisson", "poisson_gaussian"])
-        g.add_argument("--sigma", type=float, default=0.05, help="noise sigma in model space [-1,1] (default 0.05)")
-        g.add_argument("--gain", type=float, default=1.0, help="counts per model unit (Poisson models)")
+        g.add_argument("--noise", default="auto", choices=["auto", "gaussian", "poisson", "poisson_gaussian"],
+                       help="noise model, parameters in the DATA's units (ADU = the stored pixel values): auto "
+                            "(default: estimated from the stack — a camera if its variance grows with the signal, else "
+                            "Gaussian), gaussian (--sigma), poisson (--gain, --offset), poisson_gaussian = a camera "
+                            "(--gain, --offset, --read-noise). Parameters left out are estimated from the data")
+        g.add_argument("--sigma", type=float, default=None, help="Gaussian noise σ in ADU (data units, not model space)")
+        g.add_argument("--gain", type=float, default=None, help="camera conversion gain, e⁻ per ADU")
+        g.add_argument("--offset", type=float, default=None, help="camera black level (bias), ADU")
+        g.add_argument("--read-noise", type=float, default=None, help="camera read noise, e⁻ RMS")
     g.add_argument("--prior", default="default", help="'default' or a .safetensors/.pt checkpoint")
     g.add_argument("--solver", default="ddiff", choices=["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps",
                                                           "diffpir", "daps"],
@@ -114,6 +129,9 @@ def cmd_reconstruct(a) -> int:
     p = _reconstruct_params(a)
     with _LedgerProgress(p.output_store, "tiles solved", not a.no_progress):
         r = reconstruct_stack(p)
+    from .reconstruct import noise_text
+
+    _console().print(f"noise: {noise_text({'noise': r['noise'], 'noise_estimate': r.get('noise_estimate')})}")
     _console().print(f"[green]done[/green] {r['output']}: {r['solved']} tiles solved, {r['skipped']} resumed, "
                      f"{r['wall_seconds']:.1f}s (solver {r['solver_seconds']:.1f}s)")
     return 0
@@ -210,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", default="ddiff-demo", help="working folder (default: ./ddiff-demo)")
     sp.add_argument("--frames", type=int, default=8)
     sp.add_argument("--size", type=int, default=128, help="frame side in pixels (held-out parts are >= 128 wide)")
-    sp.add_argument("--sigma", type=float, default=0.05, help="noise sigma in model space")
+    sp.add_argument("--sigma", type=float, default=0.05,
+                    help="noise σ of the generated stack in model space [-1, 1] (= σ/2 in its stored units)")
     _add_reconstruct_options(sp, demo=True)
     sp.set_defaults(fn=cmd_demo)
 

@@ -97,7 +97,7 @@ def run_demo(a) -> int:
     stamps["ingest"] = time.perf_counter() - t
     p = ReconstructParams(
         input_store=str(root / "input.zarr"), output_store=str(root / "recon.zarr"), operator=data["operator"],
-        noise={"kind": "gaussian", "sigma": a.sigma}, prior=a.prior,
+        noise={"kind": "gaussian", "sigma": a.sigma / 2}, prior=a.prior,  # data units: stored = (model + 1)/2
         solver=_solver_options(a), tile=a.tile, overlap=a.overlap,
         seed=a.seed, execution={"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size,
                                 "max_workers": a.workers, "torch_threads": a.threads, "dask_address": a.dask_address,

@@ -21,7 +21,8 @@ Layout of ``out_path`` (a Zarr v3 group; ``attributes["ddiff"]`` is the run mani
                   NaN until assembled.
     staging/contrib (T, n_tiles, C, sy·f, sx·f) float32 model space: one chunk per (frame, tile) holding
                   that tile's unweighted blend-window solution (NaN-padded). Pass 1 writes here.
-    diagnostics/  xarray Dataset: per (t, tile): chi2_nu, nll, residual_norm, residual_rms, nfe, seconds
+    diagnostics/  xarray Dataset: per (t, tile): chi2_nu, nll, residual_norm, residual_rms, nfe, seconds,
+                  dof (valid measurements in the blend window: masked entries do not count)
                   (NaN until written; nfe is int64 on disk with fill -1, which xarray decodes to NaN);
                   per pixel: residual (t, c, y, x) on the input grid, core regions only; static tile boxes.
                   Created as a template (to_zarr(compute=False)), filled with to_zarr(region=...).
@@ -63,7 +64,7 @@ __all__ = ["OUTPUT_KIND", "DIAG_SCALARS", "OutputStore", "Ledger", "TileInput", 
 
 OUTPUT_KIND = "ddiff-output"
 DIAG_SCALARS = {"chi2_nu": "float64", "nll": "float64", "residual_norm": "float64", "residual_rms": "float64",
-                "nfe": "int64", "seconds": "float64"}
+                "nfe": "int64", "seconds": "float64", "dof": "float64"}
 _NFE_FILL = -1
 
 # Fault injection for crash tests: called with a step name between the writes of one tile.
@@ -252,7 +253,8 @@ def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest:
     ds = xr.Dataset(data_vars, attrs={
         "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),
         "prior_sha256": manifest["prior_sha256"] or "", "config_hash": manifest["config_hash"],
-        "residual_units": "model space [-1,1] units of the measurement (y - A x), input grid, tile cores",
+        "residual_units": "model space [-1,1] units of the measurement (y - A x), input grid, tile cores; "
+                          "NaN where the measurement is invalid (masked)",
         "box_order": "y0,y1,x0,x1 (half-open, input pixels)"})
     encoding = {"nfe": {"_FillValue": _NFE_FILL}}
     ds.to_zarr(LocalStore(tmp), group="diagnostics", mode="w-", compute=False, consolidated=False,

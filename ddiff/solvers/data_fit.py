@@ -31,9 +31,15 @@ from .base import likelihood_grad, rdot, real_part
 __all__ = ["discrepancy", "measurement_count", "project_to_discrepancy"]
 
 
-def measurement_count(y: torch.Tensor) -> int:
-    """``m``: real measurements per sample (a complex entry counts twice)."""
-    return y[0].numel() * (2 if y.is_complex() else 1)
+def measurement_count(y: torch.Tensor, operator=None) -> torch.Tensor:
+    """``m``: real measurements per sample ``(B,)`` (a complex entry counts twice), counting only the
+    entries an operator's ``valid`` mask marks as measured (``operators.Validity``)."""
+    per = 2 if y.is_complex() else 1
+    valid = getattr(operator, "valid", None)
+    if isinstance(valid, torch.Tensor):
+        v = torch.broadcast_to(valid.to(y.device), y.shape)
+        return v.reshape(y.shape[0], -1).sum(1).to(y.real.dtype) * per
+    return torch.full((y.shape[0],), float(y[0].numel() * per), dtype=y.real.dtype, device=y.device)
 
 
 def discrepancy(noise, y: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
@@ -65,8 +71,8 @@ def project_to_discrepancy(operator, noise, y: torch.Tensor, v: torch.Tensor, ta
 
 def _cgls_to_discrepancy(operator, noise, y, v, tau, max_iters):
     sigma2 = float(noise.effective_sigma(y)) ** 2
-    m = measurement_count(y)
-    eps = tau * m * sigma2  # target ‖r‖²
+    m = measurement_count(y, operator)
+    eps = (tau * m * sigma2).view(-1, *([1] * (y.ndim - 1)))  # target ‖r‖² per sample
     x = v.clone()
     r = y - operator(x)  # measurement-space residual
     rr = rdot(r, r)
@@ -95,7 +101,7 @@ def _cgls_to_discrepancy(operator, noise, y, v, tau, max_iters):
 
 
 def _descent_to_discrepancy(operator, noise, y, v, tau, max_iters):
-    m = measurement_count(y)
+    m = measurement_count(y, operator)
     target = tau * m
     shape = (-1,) + (1,) * (v.ndim - 1)
     x = v.clone()
