@@ -115,11 +115,16 @@ def cmd_ingest(a) -> int:
     intensity = a.intensity
     if "," in intensity:
         intensity = [float(v) for v in intensity.split(",")]
+    sat = a.saturation
+    sat = None if sat == "none" else (sat if sat == "dtype" else float(sat))
     p = IngestParams(source=a.source, store=a.store, axes=a.axes, chunk=a.chunk, intensity=intensity,
-                     nonfinite=a.nonfinite, overwrite=a.overwrite)
+                     nonfinite=a.nonfinite, saturation=sat, mask=a.mask, bad_pixels=a.bad_pixels,
+                     overwrite=a.overwrite)
     with _spinner(f"ingesting {a.source}", not a.no_progress):
         info = ingest_stack(p)
     _console().print(f"[green]ingested[/green] {info['store']}  shape (t,c,y,x) {info['shape']}  {info['dtype']}")
+    if info["invalid"]["invalid"]:
+        _console().print(f"invalid entries (masked out of the likelihood): {info['invalid']}")
     return 0
 
 
@@ -241,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--chunk", type=int, default=256)
     sp.add_argument("--intensity", default="percentile", help="percentile | minmax | dtype | LOW,HIGH")
     sp.add_argument("--nonfinite", default="refuse", choices=["refuse", "mask"])
+    sp.add_argument("--saturation", default="dtype",
+                    help="values >= LEVEL (data units) are saturated and masked out: 'dtype' (default: the integer "
+                         "maximum, e.g. 65535), a number (e.g. 4095 for a 12-bit camera), or 'none'")
+    sp.add_argument("--mask", default=None, help="validity mask (.npy/.tif, non-zero = valid): (H,W), (T,H,W) or (T,C,H,W)")
+    sp.add_argument("--bad-pixels", default=None, help="detector bad-pixel map (.npy/.tif, non-zero = bad): (H,W) or (C,H,W)")
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(fn=cmd_ingest)
 

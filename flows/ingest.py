@@ -24,13 +24,17 @@ def ingest_stack(params: IngestParams, artifacts: bool = True) -> dict:
     logger = get_run_logger()
     intensity = tuple(p.intensity) if isinstance(p.intensity, (list, tuple)) else p.intensity
     st = storage.ingest(p.source, p.store, axes=p.axes, chunk=p.chunk, intensity=intensity,
-                        nonfinite=p.nonfinite, overwrite=p.overwrite)
+                        nonfinite=p.nonfinite, saturation=p.saturation, mask=p.mask, bad_pixels=p.bad_pixels,
+                        overwrite=p.overwrite)
+    vd = st.meta.get("validity", {})
     info = {"store": str(st.path), "shape": list(st.shape), "dtype": str(st.dtype),
-            "data_sha256": st.meta["data_sha256"], "seconds": st.meta.get("seconds")}
+            "data_sha256": st.meta["data_sha256"], "seconds": st.meta.get("seconds"),
+            "invalid": {k: vd.get(k, 0) for k in ("invalid", "nonfinite", "saturated", "mask", "bad_pixels")}}
     logger.info("ingested %s -> %s %s %s in %ss", p.source, st.path, st.shape, st.dtype, info["seconds"])
     if artifacts:
         create_markdown_artifact(
             f"# ingest\n\n- source: `{p.source}`\n- store: `{st.path}`\n- shape (t, c, y, x): {list(st.shape)}, "
-            f"dtype {st.dtype}\n- intensity map: `{st.intensity.to_dict()}`\n- data sha256: `{info['data_sha256']}`\n",
+            f"dtype {st.dtype}\n- intensity map: `{st.intensity.to_dict()}`\n- data sha256: `{info['data_sha256']}`\n"
+            f"- invalid entries (left out of every likelihood): {info['invalid']}\n",
             key=artifact_key("ingest", p.store), description="ingest summary")
     return info

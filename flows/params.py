@@ -183,7 +183,18 @@ class IngestParams(_Model):
     chunk: int = Field(256, ge=8)
     intensity: Any = Field("percentile", description="'percentile', 'minmax', 'dtype' or [low, high]")
     nonfinite: Literal["refuse", "mask"] = "refuse"
+    saturation: Optional[Any] = Field("dtype", description="values >= this level are saturated (invalid): 'dtype' "
+                                      "(the integer maximum; default), a level in data units, or None")
+    mask: Optional[str] = Field(None, description="validity mask file (.npy/.tif, non-zero = valid): (H,W), (T,H,W) or (T,C,H,W)")
+    bad_pixels: Optional[str] = Field(None, description="detector bad-pixel map (.npy/.tif, non-zero = bad): (H,W) or (C,H,W)")
     overwrite: bool = False
+
+    @field_validator("mask", "bad_pixels")
+    @classmethod
+    def _file_exists(cls, v):
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"{v!r} does not exist (a .npy or .tif image)")
+        return v
 
     @field_validator("source")
     @classmethod

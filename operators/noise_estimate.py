@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NoiseEstimate", "estimate_gaussian", "estimate_camera", "estimate_noise"]
+__all__ = ["NoiseEstimate", "estimate_gaussian", "estimate_camera", "estimate_noise", "fluorescence_scene", "simulate_camera"]
 
 _GROUPS = 8  # jackknife groups (strips of every frame)
 _BINS = 24  # intensity bins of the photon-transfer curve
@@ -121,32 +121,42 @@ def _box(t: torch.Tensor, k: int) -> torch.Tensor:
     return F.conv2d(t[:, None], torch.ones(1, 1, k, k, dtype=t.dtype), padding=k // 2)[:, 0]
 
 
+def _highpass_kernel() -> torch.Tensor:
+    """``h = δ − k``: ``k`` the 5×5 Savitzky–Golay smoother that keeps biquadratic scenes (so ``h``
+    removes a scene up to its curvature and leaves noise)."""
+    k1 = torch.tensor([-3.0, 12.0, 17.0, 12.0, -3.0], dtype=torch.float64) / 35
+    h = -torch.outer(k1, k1)
+    h[2, 2] += 1
+    return h
+
+
+_H = _highpass_kernel()
+_H2, _H3 = float((_H**2).sum()), float((_H**3).sum())  # Var ρ = Σh² Var u;  κ₃(ρ) = Σh³ κ₃(u)
+
+
 def _bin_sums(y, v):
     """Per (group, bin) sums ``n, Σu, Σρ, Σρ², Σρ³`` of the photon-transfer statistics ``(G, B)``."""
     vf = v.to(y.dtype)
-    full = _box(vf, 5) > 24.5  # the whole 5×5 neighbourhood is valid (and inside the frame)
-    s3, s5 = _box(y * vf, 3), _box(y * vf, 5)
-    ring8 = (s3 - y) / 8
-    ring16 = (s5 - s3) / 16
-    rho = y - ring8
+    full = _box(vf, 7) > 48.5  # the whole 7×7 neighbourhood is valid (and inside the frame)
+    rho = F.conv2d((y * vf)[:, None], _H[None, None], padding=2)[:, 0]
+    ring = (_box(y * vf, 7) - _box(y * vf, 5)) / 24  # the local level, from pixels ρ does not use
     grp = _strip_groups(y.shape)
-    u, r, m, dev, g = (t[full] for t in (y, rho, ring16, ring8 - ring16, grp))
+    u, r, m, g = (t[full] for t in (y, rho, ring, grp))
     if u.numel() < 1000:
-        raise ValueError("noise estimation: fewer than 1000 valid pixels with a valid 5x5 neighbourhood")
+        raise ValueError("noise estimation: fewer than 1000 valid pixels with a valid 7x7 neighbourhood")
     qs = torch.linspace(0, 1, _BINS + 1, dtype=torch.float64)[1:-1]
     sub = m[:: max(1, m.numel() // 2_000_000)]
     edges = torch.quantile(sub, qs)
     b = torch.bucketize(m, edges)
     keep = torch.ones_like(u, dtype=torch.bool)
-    for k in range(_BINS):  # robust noise level per bin -> drop structure and outliers
+    for k in range(_BINS):  # robust noise level per bin -> drop outliers (edges, hot spots)
         sel = b == k
         if int(sel.sum()) < 20:
             keep &= ~sel
             continue
         rk = r[sel]
-        sd = 1.4826 * float((rk - rk.median()).abs().median()) / math.sqrt(1.125)
-        sd = max(sd, 1e-12)
-        keep &= ~sel | ((r.abs() <= 5 * sd * math.sqrt(1.125)) & (dev.abs() <= 3 * sd * math.sqrt(3 / 16)))
+        sd = max(1.4826 * float((rk - rk.median()).abs().median()), 1e-12)
+        keep &= ~sel | ((r - rk.median()).abs() <= 5 * sd)
     idx = (g * _BINS + b)[keep]
     out = []
     for t in (torch.ones_like(u), u, r, r**2, r**3):
@@ -161,7 +171,7 @@ def _moments(n, su, sr, sr2, sr3):
     mu, m1 = su / n_, sr / n_
     m2 = sr2 / n_ - m1**2
     m3 = sr3 / n_ - 3 * m1 * sr2 / n_ + 2 * m1**3
-    return mu, m2 / 1.125, m3 / (1 - 1 / 64)
+    return mu, m2 / _H2, m3 / _H3
 
 
 def _fit(sums, known: dict, quant: float) -> dict:
@@ -194,12 +204,12 @@ def _fit(sums, known: dict, quant: float) -> dict:
     return {"gain": g, "offset": o, "read_noise": r, "alpha": alpha}
 
 
-def estimate_camera(frames, valid=None, *, gain=None, offset=None, read_noise=None, poisson_only=False) -> NoiseEstimate:
+def estimate_camera(frames, valid=None, *, gain=None, offset=None, read_noise=None, poisson_only=False,
+                    _sums=None) -> NoiseEstimate:
     """Camera gain (e⁻/ADU), black level (ADU) and read noise (e⁻) from the stack (module docstring);
     any of them given is held fixed. ``poisson_only``: no read noise (then the offset comes from the
     intercept, ``β = −o/g``)."""
-    y, v = _prepare(frames, valid)
-    (n, su, sr, sr2, sr3), npix, integer = _bin_sums(y, v)
+    (n, su, sr, sr2, sr3), npix, integer = _sums or _bin_sums(*_prepare(frames, valid))
     quant = 1 / 12 if integer else 0.0
     known = {k: float(x) for k, x in (("gain", gain), ("offset", offset), ("read_noise", read_noise)) if x is not None}
     if poisson_only:
@@ -240,8 +250,8 @@ def estimate_noise(frames, valid=None, kind: str = "auto", **known) -> NoiseEsti
                                **{k: known.get(k) for k in ("gain", "offset", "read_noise")})
     if kind != "auto":
         raise ValueError(f"noise kind {kind!r}: use auto, gaussian, poisson or poisson_gaussian")
-    y, v = _prepare(frames, valid)
-    (n, su, sr, sr2, sr3), _, _ = _bin_sums(y, v)
+    sums = _bin_sums(*_prepare(frames, valid))
+    n, su, sr, sr2, sr3 = sums[0]
     tot = [t.sum(0) for t in (n, su, sr, sr2, sr3)]
     ok = tot[0] >= 20
     mu, var, _ = (t[ok] for t in _moments(*tot))
@@ -255,5 +265,31 @@ def estimate_noise(frames, valid=None, kind: str = "auto", **known) -> NoiseEsti
     se = _jackknife(torch.tensor(slopes, dtype=torch.float64))
     lo, hi = float(mu[len(mu) // 10]), float(mu[-1 - len(mu) // 10])
     if slope > 5 * se and slope * (hi - lo) > 0.05 * float(var.min()):
-        return estimate_camera(frames, valid, **{k: known.get(k) for k in ("gain", "offset", "read_noise")})
+        return estimate_camera(frames, valid, _sums=sums, **{k: known.get(k) for k in ("gain", "offset", "read_noise")})
     return estimate_gaussian(frames, valid)
+
+
+def fluorescence_scene(n: int, size: int, generator: torch.Generator, background: float = 10.0,
+                       peak: float = 1000.0, blobs: int = 40, psf_sigma: float = 2.0) -> torch.Tensor:
+    """``(n, size, size)`` expected photo-electrons of a widefield-like scene: a background plus
+    Gaussian blobs (cells, beads) of random size and brightness, blurred by a Gaussian PSF (pixels).
+    Test and benchmark data for the estimators (``simulate_camera``)."""
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij")
+    out = torch.full((n, size, size), float(background), dtype=torch.float64)
+    for i in range(n):
+        c = torch.rand(blobs, 2, generator=generator, dtype=torch.float64) * size
+        s = 1.5 + 6 * torch.rand(blobs, generator=generator, dtype=torch.float64)
+        s = torch.sqrt(s**2 + psf_sigma**2)  # blob ⊛ PSF: variances add
+        amp = peak * (0.1 + 0.9 * torch.rand(blobs, generator=generator, dtype=torch.float64))
+        d2 = (yy[None] - c[:, 0, None, None]) ** 2 + (xx[None] - c[:, 1, None, None]) ** 2
+        out[i] += (amp[:, None, None] * torch.exp(-d2 / (2 * s[:, None, None] ** 2))).sum(0)
+    return out
+
+
+def simulate_camera(expected_electrons: torch.Tensor, gain: float, offset: float, read_noise: float,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Integer ADU frames of a camera (``u = round(o + (k + r n)/g)``, ``k ~ P(λ)``; float64)."""
+    from .noise_units import CameraNoise
+
+    cam = CameraNoise(gain, offset, read_noise, 1.0, 0.0)  # model space = ADU
+    return torch.round(cam.sample(offset + expected_electrons / gain, generator))

@@ -22,6 +22,9 @@ Contract for flows:
   values unchanged plus a boolean array ``"valid"`` (False where non-finite); the intensity
   percentiles use finite values only and :func:`storage.read_tile` returns those pixels as 0 in
   model space with the mask so solvers can treat them as missing.
+* Validity beyond non-finite values: saturated pixels (``saturation``, default the integer dtype's
+  maximum), a user ``mask`` file and a detector ``bad_pixels`` map (:mod:`storage.validity`) go
+  into the same ``"valid"`` array; ``attributes["ddiff"]["validity"]`` counts each cause.
 * An existing ``store``: a previous ingest is replaced only with ``overwrite=True``; a path that
   holds anything else (unrelated files) is refused even with ``overwrite=True`` — we never delete
   data we did not write.
@@ -44,6 +47,7 @@ from .intensity import IntensityMap, PercentileSampler
 from .ome import AXES, ome_image_attrs, package_version
 from .readers import open_source
 from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory
+from .validity import ValidityRules
 
 __all__ = ["ingest", "open_stack", "Stack", "verify_stack", "INPUT_KIND"]
 
@@ -90,7 +94,8 @@ def _check_target(store: Path, overwrite: bool, kind: str) -> bool:
 def ingest(source, store, *, dataset: str | None = None, axes: str | None = None, chunk: int = 256,
            shard: int | str | None = "auto", compression: str | None = "blosc-zstd",
            intensity: str | tuple[float, float] = "percentile", percentiles: tuple[float, float] = (0.1, 99.9),
-           max_samples: int = 2_000_000, nonfinite: str = "refuse", pixel_size: tuple[float, float] = (1.0, 1.0),
+           max_samples: int = 2_000_000, nonfinite: str = "refuse", saturation="dtype", mask=None,
+           bad_pixels=None, pixel_size: tuple[float, float] = (1.0, 1.0),
            space_unit: str = "micrometer", time_step: float = 1.0, time_unit: str = "second",
            block_bytes: int = 64 << 20, checksum: bool = True, overwrite: bool = False) -> "Stack":
     """Stream ``source`` into the OME-Zarr store ``store`` and return it opened read-only.
@@ -101,7 +106,10 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
     ``chunk``; ``"auto"`` = 4·chunk, ``None`` = no sharding) — safe here because ingest is the
     only writer of the input store; ``intensity`` ``"percentile"`` (default, ``percentiles`` of a
     ≤``max_samples`` streamed subsample -> [-1, 1]), ``"minmax"``, ``"dtype"`` (integer range) or
-    an explicit ``(low, high)``; ``nonfinite`` ``"refuse"``|``"mask"``; ``pixel_size``/units go
+    an explicit ``(low, high)``; ``nonfinite`` ``"refuse"``|``"mask"``; ``saturation`` (``"dtype"``:
+    the integer maximum, a level in data units, or None), ``mask`` (file, non-zero = valid) and
+    ``bad_pixels`` (file, non-zero = bad) build the validity mask (:mod:`storage.validity`);
+    ``pixel_size``/units go
     into the OME scale transform; ``block_bytes`` bounds the frames read at once.
     """
     if nonfinite not in ("refuse", "mask"):
@@ -127,6 +135,8 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                                     compressors=_compressors(compression, dtype), dimension_names=AXES,
                                     fill_value=0)
             valid = None
+            rules = ValidityRules((T, C, H, W), dtype, nonfinite=nonfinite, saturation=saturation, mask=mask,
+                                  bad_pixels=bad_pixels)
             sampler = PercentileSampler(T * C * H * W, max_samples)
             data_hash = hashlib.sha256()
             per_block = max(1, block_bytes // max(1, C * H * W * dtype.itemsize))
@@ -143,12 +153,16 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                                                  "Clean the data or pass nonfinite='mask' to store them with a "
                                                  "validity mask")
                         nonfinite_frames += [int(b) for b in bad]
-                        if valid is None:
-                            valid = root.create_array("valid", shape=(T, C, H, W), dtype=bool, chunks=(1, C, cy, cx),
-                                                      compressors=_compressors("zstd", np.dtype(bool)),
-                                                      dimension_names=AXES, fill_value=True)
-                        valid[t0:t1] = fin
-                sampler.add(block)
+                ok = rules.block(block, t0, t1)
+                if ok is not None:
+                    if valid is None:
+                        valid = root.create_array("valid", shape=(T, C, H, W), dtype=bool, chunks=(1, C, cy, cx),
+                                                  compressors=_compressors("zstd", np.dtype(bool)),
+                                                  dimension_names=AXES, fill_value=True)
+                    valid[t0:t1] = ok
+                    sampler.add(np.where(ok, block, np.nan))  # intensity percentiles of measurements only
+                else:
+                    sampler.add(block)
                 data_hash.update(np.ascontiguousarray(block))
                 arr[t0:t1] = block
                 del block
@@ -164,6 +178,7 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                 "data_sha256": data_hash.hexdigest(),
                 "intensity": imap.to_dict(),
                 "nonfinite": {"policy": nonfinite, "frames": nonfinite_frames, "mask": "valid" if valid is not None else None},
+                "validity": rules.summary("valid" if valid is not None else None),
                 "seconds": round(time.perf_counter() - t_start, 3),
             }
             root.attrs.update({"ome": ome_image_attrs(Path(store).name, pixel_size, space_unit, time_step, time_unit),
@@ -246,7 +261,8 @@ def open_stack(store) -> Stack:
     if meta.get("kind") != INPUT_KIND:
         raise StorageError(f"{path} is a Zarr store but not an ingested stack (kind={meta.get('kind')!r}); "
                            "create it with storage.ingest")
-    valid = root["valid"] if meta.get("nonfinite", {}).get("mask") else None
+    has_valid = meta.get("validity", {}).get("array") or meta.get("nonfinite", {}).get("mask")
+    valid = root["valid"] if has_valid else None
     return Stack(path=path, array=root["0"], meta=meta, ome=dict(root.attrs["ome"]),
                  intensity=IntensityMap.from_dict(meta["intensity"]), valid=valid)
 
