@@ -97,11 +97,6 @@ class DataUnits(NoiseModel):
     def effective_sigma(self, y: torch.Tensor | None = None) -> float:
         return float(self.inner.effective_sigma(None if y is None else self.to_inner(y))) / abs(self.scale)
 
-    def neutral(self) -> float:
-        """The model-space value of a zero-signal measurement (what unobserved entries are set to):
-        ``w = 0`` for photon counts (no electrons above the black level), model 0 otherwise."""
-        return 0.0
-
 
 def gaussian_in_data_units(sigma: float, intensity_scale: float, intensity_offset: float,
                            units: str = "ADU") -> DataUnits:

@@ -78,10 +78,10 @@ class ValidityRules:
         self.files: dict = {}
         if mask is not None:
             self.mask = _shape_to_tcyx(_load(mask, "mask"), self.shape, "mask", "tc") != 0
-            self.files["mask"] = {"path": str(Path(mask).resolve()), "sha256": file_sha256(mask)}
+            self.files["mask_file"] = {"path": str(Path(mask).resolve()), "sha256": file_sha256(mask)}
         if bad_pixels is not None:
             self.bad = _shape_to_tcyx(_load(bad_pixels, "bad_pixels"), self.shape, "bad_pixels", "c") != 0
-            self.files["bad_pixels"] = {"path": str(Path(bad_pixels).resolve()), "sha256": file_sha256(bad_pixels)}
+            self.files["bad_pixels_file"] = {"path": str(Path(bad_pixels).resolve()), "sha256": file_sha256(bad_pixels)}
         self.counts = {"nonfinite": 0, "saturated": 0, "mask": 0, "bad_pixels": 0, "invalid": 0}
 
     def block(self, block: np.ndarray, t0: int, t1: int) -> np.ndarray | None:

@@ -72,32 +72,40 @@ def project_to_discrepancy(operator, noise, y: torch.Tensor, v: torch.Tensor, ta
 def _cgls_to_discrepancy(operator, noise, y, v, tau, max_iters):
     sigma2 = float(noise.effective_sigma(y)) ** 2
     m = measurement_count(y, operator)
-    eps = (tau * m * sigma2).view(-1, *([1] * (y.ndim - 1)))  # target ‖r‖² per sample
+    eps = tau * m * sigma2  # target ‖r‖² per sample (B,)
+    # per-sample scalars are kept flat (B,) and shaped for image or measurement space where used
+    # (the two may differ in rank, e.g. a measurement vector (B, m))
+    def dot(a, b):
+        return rdot(a, b).flatten()
+
+    def on(t, like):
+        return t.view(-1, *([1] * (like.ndim - 1)))
+
     x = v.clone()
     r = y - operator(x)  # measurement-space residual
-    rr = rdot(r, r)
+    rr = dot(r, r)
     done = rr <= eps
     s = real_part(operator.adjoint(r))  # −½∇‖r‖² in image space
-    p, gam = s.clone(), rdot(s, s)
+    p, gam = s.clone(), dot(s, s)
     k = 0
     while k < max_iters and not bool(done.all()):
         k += 1
         q = operator(p)
-        qq = rdot(q, q).clamp_min(1e-30)
-        rq = rdot(r, q)
+        qq = dot(q, q).clamp_min(1e-30)
+        rq = dot(r, q)
         alpha = gam / qq  # the CGLS step (exact line minimiser along p)
         rr_next = rr - 2 * alpha * rq + alpha**2 * qq
         hit = ~done & (rr_next <= eps)
         # shortest step on this line with ‖r − a q‖² = eps: the smaller root of the quadratic
         a_hit = (rq - (rq * rq - qq * (rr - eps)).clamp_min(0).sqrt()) / qq
         a = torch.where(done, torch.zeros_like(alpha), torch.where(hit, a_hit, alpha))
-        x, r = x + a * p, r - a * q
-        rr = rdot(r, r)
+        x, r = x + on(a, x) * p, r - on(a, r) * q
+        rr = dot(r, r)
         done = done | hit
         s = real_part(operator.adjoint(r))
-        gam_next = rdot(s, s)
-        p, gam = s + (gam_next / gam.clamp_min(1e-30)) * p, gam_next
-    return x, {"discrepancy": (rr.flatten() / (m * sigma2)), "iters": k}
+        gam_next = dot(s, s)
+        p, gam = s + on(gam_next / gam.clamp_min(1e-30), s) * p, gam_next
+    return x, {"discrepancy": rr / (m * sigma2), "iters": k}
 
 
 def _descent_to_discrepancy(operator, noise, y, v, tau, max_iters):
