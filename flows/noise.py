@@ -62,4 +62,4 @@ def resolve_noise(spec: NoiseSpec, stack: storage.Stack) -> tuple[NoiseSpec, dic
 
 def noise_model(config_noise: dict, stack: storage.Stack):
     """The run's noise model in model space (its manifest entry + the input store's intensity map)."""
-    return NoiseSpec(**config_noise).build(stack.intensity.to_dict())
+    return NoiseSpec(**config_noise).build(stack.intensity.to_dict(), integer=stack.dtype.kind in "ui")

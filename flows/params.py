@@ -97,9 +97,10 @@ class NoiseSpec(_Model):
             return None not in (self.gain, self.offset, self.read_noise)
         return False
 
-    def build(self, intensity: dict | None = None):
+    def build(self, intensity: dict | None = None, integer: bool = False):
         """The noise model in model space for a store whose intensity map is ``intensity``
-        (``{"scale": a, "offset": b}``: model = a·ADU + b; None = identity). Needs a complete spec
+        (``{"scale": a, "offset": b}``: model = a·ADU + b; None = identity); ``integer``: the data
+        are whole ADU (a camera's ADC rounding joins its read noise). Needs a complete spec
         (see :meth:`complete`; ``flows.noise.resolve_noise`` estimates the missing parameters)."""
         import operators
 
@@ -109,7 +110,7 @@ class NoiseSpec(_Model):
         a, b = (1.0, 0.0) if intensity is None else (float(intensity["scale"]), float(intensity["offset"]))
         if self.kind == "gaussian":
             return operators.gaussian_in_data_units(self.sigma, a, b)
-        return operators.CameraNoise(self.gain, self.offset, self.read_noise or 0.0, a, b)
+        return operators.CameraNoise(self.gain, self.offset, self.read_noise or 0.0, a, b, adc_step=1.0 if integer else 0.0)
 
 
 class SolverSpec(_Model):

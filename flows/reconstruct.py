@@ -112,7 +112,7 @@ def _check_noise(noise, stack: storage.Stack) -> None:
     import torch
 
     frames, valid = sample_frames(stack)
-    model = noise.build(stack.intensity.to_dict())
+    model = noise.build(stack.intensity.to_dict(), integer=stack.dtype.kind in "ui")
     vals = stack.to_model(frames[valid])
     if vals.size:
         model.validate(torch.from_numpy(vals)[None])
