@@ -5,11 +5,12 @@ Room: ``storage`` — numpy (+ the readers for mask files); never torch.
 :class:`ValidityRules` is built once per ingest and asked, block by block, which entries of the
 source are valid (``False`` = not a measurement). A pixel is invalid when
 
-* it is NaN/Inf (with ``nonfinite="mask"``; ``"refuse"`` stops the ingest instead);
+* it is NaN/Inf (with ``nonfinite="mask"``; ``"refuse"`` stops the ingest before this is asked);
 * it is saturated: ``value >= saturation`` — ``"dtype"`` (default) takes the integer dtype's
   maximum (a clipped ADC reading; float data have none), a number is the user's level (e.g. 4095
   for a 12-bit camera stored in uint16), ``None`` turns it off;
-* a user ``mask`` file says so (non-zero = valid; shape ``(H, W)``, ``(T, H, W)`` or ``(T, C, H, W)``);
+* a user ``mask`` file says so (non-zero = valid; shape ``(H, W)``, ``(N, H, W)`` or ``(N, C, H, W)``
+  with ``N`` the stack's frames — its (t, z) planes, frame = t·Z + z);
 * a detector ``bad_pixels`` map says so (non-zero = bad; ``(H, W)`` or ``(C, H, W)``, every frame).
 
 The store keeps the data unchanged and a boolean array ``valid`` (written only when some pixel is
@@ -63,16 +64,16 @@ def _shape_to_tcyx(arr: np.ndarray, shape: tuple[int, int, int, int], what: str,
             return a[None]
     if "t" in allowed and a.shape == (T, C, H, W):
         return a
-    forms = {"mask": "(H, W), (T, H, W) or (T, C, H, W)", "bad_pixels": "(H, W) or (C, H, W)"}[what]
-    raise SourceError(f"{what} has shape {a.shape}; the stack is (t, c, y, x) = {shape}: give {forms}")
+    forms = {"mask": "(H, W), (N, H, W) or (N, C, H, W)", "bad_pixels": "(H, W) or (C, H, W)"}[what]
+    raise SourceError(f"{what} has shape {a.shape}; the stack is (frames, c, y, x) = {shape}: give {forms}")
 
 
 class ValidityRules:
     """The validity of source blocks (see module docstring); ``counts`` accumulates per cause."""
 
-    def __init__(self, shape: tuple[int, int, int, int], dtype: np.dtype, *, nonfinite: str = "refuse",
-                 saturation="dtype", mask=None, bad_pixels=None):
-        self.shape, self.nonfinite = tuple(shape), nonfinite
+    def __init__(self, shape: tuple[int, int, int, int], dtype: np.dtype, *, saturation="dtype", mask=None,
+                 bad_pixels=None):
+        self.shape = tuple(shape)
         self.level = saturation_level(saturation, dtype)
         self.mask = self.bad = None
         self.files: dict = {}
@@ -84,8 +85,10 @@ class ValidityRules:
             self.files["bad_pixels_file"] = {"path": str(Path(bad_pixels).resolve()), "sha256": file_sha256(bad_pixels)}
         self.counts = {"nonfinite": 0, "saturated": 0, "mask": 0, "bad_pixels": 0, "invalid": 0}
 
-    def block(self, block: np.ndarray, t0: int, t1: int) -> np.ndarray | None:
-        """Bool validity of ``block`` = frames ``[t0, t1)`` (None when every entry is valid)."""
+    def block(self, block: np.ndarray, f0: int, win: tuple[slice, slice]) -> np.ndarray | None:
+        """Bool validity of ``block`` = frames ``[f0, f0 + n)``, rows/columns ``win`` (None when every
+        entry is valid)."""
+        n = block.shape[0]
         ok = np.ones(block.shape, bool)
         if block.dtype.kind == "f":
             fin = np.isfinite(block)
@@ -97,11 +100,12 @@ class ValidityRules:
             self.counts["saturated"] += int(sat.sum())
             ok &= ~sat
         if self.mask is not None:
-            m = np.broadcast_to(self.mask[t0:t1] if self.mask.shape[0] > 1 else self.mask, block.shape)
+            m = self.mask[f0:f0 + n] if self.mask.shape[0] > 1 else self.mask
+            m = np.broadcast_to(m[:, :, win[0], win[1]], block.shape)
             self.counts["mask"] += int((~m).sum())
             ok &= m
         if self.bad is not None:
-            b = np.broadcast_to(self.bad, block.shape)
+            b = np.broadcast_to(self.bad[:, :, win[0], win[1]], block.shape)
             self.counts["bad_pixels"] += int(b.sum())
             ok &= ~b
         n_bad = int((~ok).sum())
