@@ -68,7 +68,7 @@ def _run(d, name, noise):
                                 execution={"batch_size": 2, "torch_threads": 2}, artifacts=False)
     res = flows.reconstruct_stack(p)
     out = storage.open_output(p.output_store)
-    return res, out, torch.from_numpy(out.intensity.to_model(np.asarray(out.group()["recon/0"][:])))
+    return res, out, torch.from_numpy(out.intensity.to_model(out.recon()[:]))
 
 
 @pytest.mark.slow

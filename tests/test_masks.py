@@ -151,7 +151,7 @@ def test_dead_pixels_through_the_flows(flows_env, dead_pixel_stores):
                                     execution={"batch_size": 4, "torch_threads": 1}, artifacts=False)
         flows.reconstruct_stack(p)
         outs.append(storage.open_output(p.output_store))
-    a, b = (np.asarray(o.group()["recon/0"][:]) for o in outs)
+    a, b = (o.recon()[:] for o in outs)
     np.testing.assert_array_equal(a, b)  # what the dead pixels read never reaches the solution
     ds = outs[0].open_diagnostics()
     assert np.isnan(ds["residual"].values[:, 0][:, dead]).all()
