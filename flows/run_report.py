@@ -66,9 +66,10 @@ def resume_command(p) -> list[str]:
     args = ["ddiff", "reconstruct", abspath(p.input_store), abspath(p.output_store), "--operator", p.operator.name]
     for k, v in (p.operator.params or {}).items():
         args += ["--op-param", f"{k}={v}"]
-    args += ["--noise", p.noise.kind, "--sigma", f"{p.noise.sigma:g}"]
-    if p.noise.kind != "gaussian":
-        args += ["--gain", f"{p.noise.gain:g}"]
+    args += ["--noise", p.noise.kind]  # the parameters as given (those left out are re-estimated identically)
+    for name in ("sigma", "gain", "offset", "read_noise"):
+        if getattr(p.noise, name) is not None:
+            args += ["--" + name.replace("_", "-"), f"{getattr(p.noise, name):g}"]
     args += ["--prior", p.prior, "--solver", p.solver.name]
     if p.solver.steps is not None:
         args += ["--steps", str(p.solver.steps)]
