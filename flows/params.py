@@ -98,9 +98,10 @@ class NoiseSpec(_Model):
             return None not in (self.gain, self.offset, self.read_noise)
         return False
 
-    def build(self, intensity: dict | None = None, integer: bool = False):
+    def build(self, intensity: dict | None, integer: bool = False):
         """The noise model in model space for a store whose intensity map is ``intensity``
-        (``{"scale": a, "offset": b}``: model = a·ADU + b; None = identity); ``integer``: the data
+        (``{"scale": a, "offset": b}``: model = a·ADU + b; None = the identity, for data already in
+        model units — stores pass theirs, see ``flows.noise.noise_model``); ``integer``: the data
         are whole ADU (a camera's ADC rounding joins its read noise). Needs a complete spec
         (see :meth:`complete`; ``flows.noise.resolve_noise`` estimates the missing parameters)."""
         import operators

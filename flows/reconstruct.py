@@ -34,7 +34,7 @@ import storage
 from ddiff.priors.loading import NAMED_WEIGHTS
 
 from . import tiles as T
-from .noise import resolve_noise, sample_frames
+from .noise import noise_model, resolve_noise, sample_frames
 from .params import ReconstructParams
 from .ui import abspath, artifact_key, batch_label, ensure_gpu_limit, flow_run_namer, run_tags, tag_this_run
 
@@ -111,7 +111,7 @@ def _check_noise(noise, stack: storage.Stack) -> None:
     import torch
 
     frames, valid = sample_frames(stack)
-    model = noise.build(stack.intensity.to_dict(), integer=stack.dtype.kind in "ui")
+    model = noise_model(noise.model_dump(exclude_none=True), stack)
     vals = stack.to_model(frames[valid])
     if vals.size:
         model.validate(torch.from_numpy(vals)[None])

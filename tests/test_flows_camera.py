@@ -101,6 +101,8 @@ def test_camera_counts_beat_richardson_lucy_and_fit_the_counts(camera_stack):
           f"{aud['frames_flagged']} tiles {aud['tiles_flagged']}; auto estimate {est['summary']}; "
           f"solver {res['solver_seconds']:.1f} s")
     assert spec.kind == "poisson_gaussian" and abs(spec.gain / GAIN - 1) < 0.1, est
+    # deterministic (a fixed sample of the stack): a resumed `--noise auto` run keeps its configuration hash
+    assert resolve_noise(NoiseSpec(), storage.open_stack(d / "in.zarr")) == (spec, est)
 
 
 def test_audit_false_flags_near_alpha_in_counts():

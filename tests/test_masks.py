@@ -100,17 +100,17 @@ def test_ingest_masks_saturation_mask_file_and_bad_pixels(tmp_path):
     np.save(tmp_path / "bad.npy", bad)
     np.save(tmp_path / "user.npy", user)
     st = storage.ingest(tmp_path / "d.npy", tmp_path / "a.zarr", axes="tcyx")
-    assert st.meta["validity"]["saturated"] == 1 and not np.asarray(st.valid)[0, 0, 2, 3]
+    assert st.meta["validity"]["saturated"] == 1 and not st.valid[:][0, 0, 2, 3]
     st = storage.ingest(tmp_path / "d.npy", tmp_path / "b.zarr", axes="tcyx", saturation=4095,
                         mask=tmp_path / "user.npy", bad_pixels=tmp_path / "bad.npy")
-    v = np.asarray(st.valid)
+    v = st.valid[:]
     expect = np.ones(data.shape, bool)
     expect[0, 0, 2, 3] = expect[1, 0, 5, 5] = expect[2, 0, 10, 10] = False
     expect[:, 0, 7, 8] = False
     np.testing.assert_array_equal(v, expect)
     vd = st.meta["validity"]
     assert (vd["saturated"], vd["mask"], vd["bad_pixels"], vd["invalid"]) == (2, 1, 3, 6)
-    assert "sha256" in vd["bad_pixels_file"] and np.array_equal(np.asarray(st.array), data)  # data unchanged
+    assert "sha256" in vd["bad_pixels_file"] and np.array_equal(st.array[:], data)  # data unchanged
     clean = storage.ingest(tmp_path / "d.npy", tmp_path / "c.zarr", axes="tcyx", saturation=None)
     assert clean.valid is None and clean.meta["validity"]["invalid"] == 0
     with pytest.raises(storage.StorageError, match=r"bad_pixels has shape \(5, 5\)"):
