@@ -70,7 +70,7 @@ class NoiseSpec(_Model):
 
     kind: Literal["auto", "gaussian", "poisson", "poisson_gaussian"] = Field(
         "auto", description="auto (estimate from the data), gaussian, poisson or poisson_gaussian (camera)")
-    sigma: Optional[float] = Field(None, gt=0, description="Gaussian σ in ADU (data units); None: estimated")
+    sigma: Optional[float] = Field(None, ge=0, description="Gaussian σ in ADU (data units, > 0); None: estimated")
     gain: Optional[float] = Field(None, gt=0, description="camera conversion gain, e⁻ per ADU; None: estimated")
     offset: Optional[float] = Field(None, description="camera black level (bias), ADU; None: estimated")
     read_noise: Optional[float] = Field(None, ge=0, description="camera read noise, e⁻ RMS; None: estimated")
@@ -111,6 +111,8 @@ class NoiseSpec(_Model):
                              "resolve it against the input stack first (flows.noise.resolve_noise)")
         a, b = (1.0, 0.0) if intensity is None else (float(intensity["scale"]), float(intensity["offset"]))
         if self.kind == "gaussian":
+            if self.sigma <= 0:
+                raise ValueError("noise.sigma must be > 0 for Gaussian noise")
             return operators.gaussian_in_data_units(self.sigma, a, b)
         return operators.CameraNoise(self.gain, self.offset, self.read_noise or 0.0, a, b, adc_step=1.0 if integer else 0.0)
 
