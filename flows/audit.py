@@ -29,7 +29,7 @@ from ddiff.audit import audit
 from . import tiles as T
 from .audit_report import frame_rows, render_audit_report, summary_markdown
 from .params import AuditParams, NoiseSpec
-from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, run_tags, tag_this_run
+from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, report_failure, run_tags, tag_this_run
 
 __all__ = ["audit_reconstruction", "audit_frames", "CHUNK"]
 
@@ -75,13 +75,28 @@ def _coords(out: storage.OutputStore, c0: int, c1: int, maps: bool) -> dict:
 
 @flow(name="audit-reconstruction", persist_result=False, flow_run_name=flow_run_namer("audit", "params.output_store"))
 def audit_reconstruction(params: AuditParams) -> dict:
-    """Audit every frame of ``params.output_store``; returns a small dict (report path, flags)."""
+    """Audit every frame of ``params.output_store``; returns a small dict (report path, flags).
+    A failed or interrupted audit publishes a failure summary and ``ddiff.run.failed``."""
+    p = params if isinstance(params, AuditParams) else AuditParams.model_validate(params)
+    try:
+        return _audit(p)
+    except BaseException as exc:
+        where = abspath(p.output_store)
+        cmd = f"ddiff audit {where} --alpha {p.alpha:g} --window {p.window}" + (
+            f" --report-dir {abspath(p.report_dir)}" if p.report_dir else "")
+        report_failure("audit-reconstruction", p.output_store, exc,
+                       [f"the reconstruction `{where}` is only read; the audit rewrites only its `audit/` group, "
+                        "its `audit_flags` label and the report folder"], [cmd],
+                       key=artifact_key("audit", p.output_store))
+        raise
+
+
+def _audit(p: AuditParams) -> dict:
     import xarray as xr
     from zarr.storage import LocalStore
 
     from .reconstruct import settings_text
 
-    p = params if isinstance(params, AuditParams) else AuditParams.model_validate(params)
     logger = get_run_logger()
     out = storage.open_output(p.output_store)
     cfg = out.manifest["config"]

@@ -24,7 +24,7 @@ import numpy as np
 
 import storage
 
-from .ui import abspath, artifact_key, emit, failure_markdown
+from .ui import abspath, artifact_key, interrupted, report_failure
 
 __all__ = ["frame_fit_rows", "publish_fit_table", "publish_failure", "resume_command", "publish_verdict"]
 
@@ -92,7 +92,7 @@ def publish_failure(p, exc: BaseException, progress_id=None, flow: str = "recons
     """After a failed or interrupted reconstruction: mark the progress artifact, publish the failure
     summary under the run's summary key (the latest summary of that output says it failed), emit
     ``ddiff.run.failed``. Never raises (the run's own error is what the caller re-raises)."""
-    from prefect.artifacts import create_markdown_artifact, update_progress_artifact
+    from prefect.artifacts import update_progress_artifact
 
     try:
         out = storage.open_output(p.output_store)
@@ -108,19 +108,16 @@ def publish_failure(p, exc: BaseException, progress_id=None, flow: str = "recons
                 "and gives bit-identical output", f"the input `{abspath(p.input_store)}` is only ever read",
                 "the reconstruction image is valid only once a run finishes (the COMPLETE marker); do not read "
                 "it before"]
+    word = "INTERRUPTED" if interrupted(exc) else "FAILED"
     try:
         if progress_id is not None and total:
             update_progress_artifact(progress_id, progress=100.0 * solved / total,
-                                     description=f"FAILED at {solved}/{total} tiles ({type(exc).__name__}) — "
+                                     description=f"{word} at {solved}/{total} tiles ({type(exc).__name__}) — "
                                                  "see the reconstruct summary")
-        create_markdown_artifact(failure_markdown(f"reconstruction of `{where}`", exc, safe, resume_command(p)),
-                                 key=artifact_key("reconstruct-summary", p.output_store),
-                                 description=f"FAILED: reconstruction of {where}")
     except Exception:  # noqa: BLE001
         pass
-    emit("ddiff.run.failed", p.output_store, {"flow": flow, "error": f"{type(exc).__name__}: {exc}"[:500],
-                                              "tiles_solved": solved, "tiles_total": total,
-                                              "input": abspath(p.input_store), "resume": resume_command(p)[-1]})
+    report_failure(flow, p.output_store, exc, safe, resume_command(p), key=artifact_key("reconstruct-summary", p.output_store),
+                   payload={"tiles_solved": solved, "tiles_total": total, "input": abspath(p.input_store)})
 
 
 def _run_link(state) -> str:

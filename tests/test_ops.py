@@ -47,8 +47,9 @@ def artifacts_of(run_id) -> dict:
     return out
 
 
-def events_about(name: str, store) -> list:
-    """Events ``name`` whose resource is ``store`` (``ddiff.store.<absolute path>``), oldest first."""
+def events_about(name: str, store, where=lambda e: True) -> list:
+    """Events ``name`` whose resource is ``store`` (``ddiff.store.<absolute path>``) and that satisfy
+    ``where``, oldest first (waits up to ~10 s for the server to persist them)."""
     import datetime as dt
     import time
 
@@ -62,8 +63,9 @@ def events_about(name: str, store) -> list:
     for _ in range(50):  # the server persists events asynchronously
         with client() as c:
             page = c.read_events(filter=flt, limit=50)
-        if page.events:
-            return sorted(page.events, key=lambda e: e.occurred)
+        found = [e for e in page.events if where(e)]
+        if found:
+            return sorted(found, key=lambda e: e.occurred)
         time.sleep(0.2)
     return []
 
@@ -162,6 +164,11 @@ def test_failed_run_marks_progress_publishes_summary_and_event(flows_env):
     events = events_about("ddiff.run.failed", out.absolute())
     assert events and events[0].payload["tiles_solved"] == 2 and events[0].payload["tiles_total"] == 8
     assert "InjectedFailure" in events[0].payload["error"]
+    # auditing the unfinished output fails in one line and is reported the same way
+    with pytest.raises(storage.StorageError, match="not complete"):
+        flows.audit_reconstruction(flows.AuditParams(output_store=str(out)))
+    audit_events = events_about("ddiff.run.failed", out.absolute(), lambda e: e.payload["flow"] == "audit-reconstruction")
+    assert audit_events and audit_events[0].payload["resume"].startswith(f"ddiff audit {out.absolute()}")
     # the resume command in the summary works as written (here: through the flow, same parameters)
     res = flows.reconstruct_stack(params(flows_env, out, artifacts=False))
     assert res["skipped"] == 2 and res["solved"] == 6
