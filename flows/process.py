@@ -25,7 +25,7 @@ from typing import Any, Optional
 from prefect import flow, get_run_logger, tags
 
 from .params import AuditParams, ExecutionSpec, IngestParams, NoiseSpec, OperatorSpec, ReconstructParams, SolverSpec
-from .run_report import publish_verdict
+from .run_report import deployment_run_command, publish_verdict
 from .ui import abspath, artifact_key, flow_run_namer, report_failure, run_tags, tag_this_run
 
 __all__ = ["process_stack", "VARIABLES"]
@@ -96,12 +96,13 @@ def process_stack(
         _rename(f"process {Path(output_store).name} · from {Path(input_store).name}")
     run = run_tags(operator=operator.name, solver=solver.name, prior=prior)
     tag_this_run(run)
-    stage, states = "ingest", {}
+    stage, states, called = "ingest", {}, None  # called: the stage whose child run was started
     try:
         with tags(*run):
             if source and not (Path(input_store) / "zarr.json").is_file():
-                states["ingest"] = ingest_stack(IngestParams(source=source, store=input_store, axes=ingest_axes,
-                                                             intensity=ingest_intensity), return_state=True)
+                ip = IngestParams(source=source, store=input_store, axes=ingest_axes, intensity=ingest_intensity)
+                called = stage
+                states["ingest"] = ingest_stack(ip, return_state=True)
                 states["ingest"].result()
             elif source:
                 logger.info("%s already ingested: ingest skipped", abspath(input_store))
@@ -109,20 +110,22 @@ def process_stack(
             p = ReconstructParams(input_store=input_store, output_store=output_store, operator=operator, noise=noise,
                                   prior=prior, solver=solver, tile=tile, overlap=overlap, seed=seed,
                                   execution=execution, overwrite=overwrite)
+            called = stage
             states["reconstruct"] = reconstruct_stack(p, return_state=True)
             rec = states["reconstruct"].result()
             stage = "audit"
-            states["audit"] = audit_reconstruction(AuditParams(output_store=output_store, alpha=audit_alpha,
-                                                               window=audit_window), return_state=True)
+            ap = AuditParams(output_store=output_store, alpha=audit_alpha, window=audit_window)
+            called = stage
+            states["audit"] = audit_reconstruction(ap, return_state=True)
             aud = states["audit"].result()
         verdict = publish_verdict(output_store, rec, aud, states, audit_alpha)
         logger.info("%s — %s", verdict, abspath(output_store))
     except BaseException as exc:
-        if stage not in states:  # it failed here, before its child run existed (a child reports its own failure)
+        if called != stage:  # it failed here, before its child run started (a child reports its own failure)
             report_failure(f"process-stack ({stage})", output_store, exc,
                            [f"the {stage} stage did not start: nothing of it was written"],
-                           ["prefect deployment run 'process-stack/<deployment>'   # same parameters; finished stages "
-                            "are skipped"], key=artifact_key("process-failure", output_store),
+                           [deployment_run_command() or "rerun process_stack with the same parameters (finished "
+                            "stages are skipped)"], key=artifact_key("process-failure", output_store),
                            payload={"input": abspath(input_store)})
         raise
     return {"input": abspath(input_store), "output": abspath(output_store), "verdict": verdict, "reconstruct": rec,

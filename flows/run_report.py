@@ -61,8 +61,6 @@ def publish_fit_table(output_store, rows: list[dict]) -> None:
 def resume_command(p) -> list[str]:
     """The commands that resume the run of :class:`flows.params.ReconstructParams` ``p``: the same
     ``ddiff reconstruct`` command line, and the deployment run when it came from one."""
-    from prefect.runtime import deployment, flow_run
-
     args = ["ddiff", "reconstruct", abspath(p.input_store), abspath(p.output_store), "--operator", p.operator.name]
     for k, v in (p.operator.params or {}).items():
         args += ["--op-param", f"{k}={v}"]
@@ -80,12 +78,27 @@ def resume_command(p) -> list[str]:
     args += ["--tile", str(p.tile), "--overlap", str(p.overlap), "--seed", str(p.seed), "--batch-size",
              str(ex.batch_size), "--dtype", ex.dtype, "--device", ex.device]
     cmds = [shlex.join(args)]
-    try:
-        if deployment.name and flow_run.flow_name:
-            cmds.insert(0, f"prefect deployment run '{flow_run.flow_name}/{deployment.name}'   # same parameters")
-    except Exception:  # noqa: BLE001
-        pass
+    line = deployment_run_command()
+    if line:
+        cmds.insert(0, line)
     return cmds
+
+
+def deployment_run_command() -> str | None:
+    """``prefect deployment run '<flow>/<deployment>'`` for the deployment this run (or its parent)
+    came from — the flow is the *deployment's* (e.g. ``process-stack``), not this sub-flow's."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import deployment
+
+    try:
+        if not deployment.id:
+            return None
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment(deployment.id)
+            flow_name = client.read_flow(dep.flow_id).name
+        return f"prefect deployment run '{flow_name}/{dep.name}'   # same parameters"
+    except Exception:  # noqa: BLE001 - a resume hint never fails a run
+        return None
 
 
 def publish_failure(p, exc: BaseException, progress_id=None, flow: str = "reconstruct-stack") -> None:

@@ -212,13 +212,18 @@ def interrupted(exc: BaseException) -> bool:
     return isinstance(exc, (KeyboardInterrupt, SystemExit, TerminationSignal))
 
 
+def describe(exc: BaseException) -> str:
+    """``"Type: message"`` on one line (a termination signal says what it means)."""
+    msg = " ".join(str(exc).split())
+    if type(exc).__name__ == "TerminationSignal":
+        msg = f"signal {getattr(exc, 'signal', '?')} (the run was cancelled or its worker stopped)"
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
 def failure_markdown(what: str, exc: BaseException, safe: list[str], resume: list[str]) -> str:
     """The short failure summary an operator reads first: what failed, what is safe, what resumes."""
     kind = "interrupted" if interrupted(exc) else "failed"
-    msg = " ".join(str(exc).split()) or type(exc).__name__
-    if type(exc).__name__ == "TerminationSignal":
-        msg = f"signal {getattr(exc, 'signal', '?')} (the run was cancelled or its worker stopped)"
-    lines = [f"# {what} {kind.upper()}", "", f"- **error:** `{type(exc).__name__}: {msg[:400]}`", f"- when: {today()}", "",
+    lines = [f"# {what} {kind.upper()}", "", f"- **error:** `{describe(exc)[:400]}`", f"- when: {today()}", "",
              "**What is safe**", ""]
     lines += [f"- {s}" for s in safe]
     lines += ["", "**To resume** (work already done is kept and skipped)", ""]
@@ -241,7 +246,7 @@ def report_failure(flow: str, store, exc: BaseException, safe: list[str], resume
                                  description=f"{word}: {flow} of {abspath(store)}")
     except Exception:  # noqa: BLE001
         pass
-    emit("ddiff.run.failed", store, {"flow": flow, "error": f"{type(exc).__name__}: {exc}"[:500],
+    emit("ddiff.run.failed", store, {"flow": flow, "error": describe(exc)[:500],
                                      "interrupted": interrupted(exc), "resume": resume[-1] if resume else None,
                                      **(payload or {})})
 
