@@ -328,3 +328,29 @@ def test_failure_summary_says_interrupted_for_ctrl_c_and_lists_what_is_safe():
                           ["ddiff reconstruct /d/in.zarr /d/out.zarr"])
     assert md.startswith("# reconstruction of `/d/out.zarr` INTERRUPTED") and "- 5 of 8 tiles are kept" in md
     assert "```\nddiff reconstruct /d/in.zarr /d/out.zarr\n```" in md
+
+
+def test_the_ui_markdown_renderer_keeps_the_inline_pictures(ops_run):
+    """The audit artifact through the installed Prefect UI's own markdown pipeline (its bundled
+    react-markdown + rehype-sanitize, configured as the UI does; tests/ui/render_markdown.mjs, run by
+    node): the React tree has one <img> per picture with its data:image/png source — and plain
+    react-markdown, without the UI's exception, would drop them (the control)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import prefect
+    from prefect.settings import get_current_settings
+
+    node = shutil.which("node")
+    assets = Path(prefect.__file__).parent / "server" / "ui-v2" / "assets"
+    if node is None or not assets.is_dir():
+        pytest.skip("needs node and the installed Prefect UI (prefect/server/ui-v2)")
+    script = Path(__file__).parent / "ui" / "render_markdown.mjs"
+    r = subprocess.run([node, str(script), str(assets), str(get_current_settings().api.url),
+                        artifact_key("audit", ops_run[0])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    tree, control = (json.loads(line) for line in r.stdout.strip().splitlines()[-2:])
+    assert tree["type"] == "markdown" and tree["elements"]["img"] == 3 and tree["elements"]["h3"] == 3
+    assert all(i["src_prefix"].startswith("data:image/png;base64,") and i["png_bytes"] > 1000 for i in tree["images"])
+    assert control["control_img_src_chars"] == [0, 0, 0]
