@@ -169,9 +169,7 @@ def test_failed_run_marks_progress_publishes_summary_and_event(flows_env):
         flows.audit_reconstruction(flows.AuditParams(output_store=str(out)))
     audit_events = events_about("ddiff.run.failed", out.absolute(), lambda e: e.payload["flow"] == "audit-reconstruction")
     assert audit_events and audit_events[0].payload["resume"].startswith(f"ddiff audit {out.absolute()}")
-    # the resume command in the summary works as written (here: through the flow, same parameters)
-    res = flows.reconstruct_stack(params(flows_env, out, artifacts=False))
-    assert res["skipped"] == 2 and res["solved"] == 6
+    # (resuming from the ledger is tests/test_flows.py::test_interrupted_run_resumes_to_identical_output)
 
 
 def test_audit_emits_frames_flagged_event(ops_run):
