@@ -4,6 +4,7 @@ Room: benchmarks — drives ``storage`` and ``flows`` (each step in a fresh chil
 
     nice python benchmarks/big_frame.py                       # 16384 x 16384 uint16, 1 solver step
     nice python benchmarks/big_frame.py --size 4096 --steps 1 # the same path on a 4k frame (~16x less)
+    nice python benchmarks/big_frame.py --ingest-only         # the 16k ingest alone
 
 What it does: writes a ``--size``² uint16 frame as ``.npy`` band by band (never whole in memory),
 then runs, each in its own child process so a peak RSS is that step's alone:
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dir", default="/tmp/ddiff-bigframe")
     ap.add_argument("--keep", action="store_true", help="keep the stores")
+    ap.add_argument("--ingest-only", action="store_true", help="stop after the ingest step")
     a = ap.parse_args(argv)
     work = Path(a.dir)
     shutil.rmtree(work, ignore_errors=True)
@@ -107,6 +109,10 @@ def main(argv=None) -> int:
           f"{a.size * a.size * 4 / 2**20:.0f} MiB) written in {time.perf_counter() - t0:.1f}s", flush=True)
     ing = run_step("ingest", work, cfg)
     print(f"ingest       {ing['seconds']:8.1f} s   peak RSS {ing['peak_rss_mb']:7.0f} MB", flush=True)
+    if a.ingest_only:
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"peak RSS {ing['peak_rss_mb']:.0f} MB; target < 2000 MB: {'OK' if ing['peak_rss_mb'] < 2000 else 'EXCEEDED'}")
+        return 0 if ing["peak_rss_mb"] < 2000 else 1
     rec = run_step("reconstruct", work, cfg)
     ratio = rec["wall_seconds"] / max(rec["solver_seconds"], 1e-9)
     print(f"reconstruct  {rec['wall_seconds']:8.1f} s   peak RSS {rec['peak_rss_mb']:7.0f} MB   "

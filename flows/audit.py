@@ -33,7 +33,8 @@ from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, repor
 
 __all__ = ["audit_reconstruction", "audit_frames", "CHUNK"]
 
-CHUNK = 16  # frames audited (and held in memory) at once
+CHUNK = 16  # frames audited (and held in memory) at once, at most ...
+CHUNK_BYTES = 256 << 20  # ... and fewer when their float32 reconstructions pass this (big frames: one at a time)
 
 
 def _frames(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: int):
@@ -106,8 +107,10 @@ def _audit(p: AuditParams) -> dict:
     chi, pv, flags_frame, tile_flags, first = [], [], [], np.zeros((n, plan.n_tiles), bool), None
     rows: list[dict] = []
     with storage.RunLock(out.path) as lock:
-        for c0 in range(0, n, CHUNK):
-            c1 = min(n, c0 + CHUNK)
+        _, C, Ho, Wo = out.recon().shape
+        step = max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
+        for c0 in range(0, n, step):
+            c1 = min(n, c0 + step)
             res, x, y, op = audit_frames(out.path, c0, c1, alpha=p.alpha, window=p.window, control=p.control)
             if first is None:
                 first = (res, x, y)
