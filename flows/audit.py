@@ -28,6 +28,7 @@ from ddiff.audit import audit
 
 from . import tiles as T
 from .audit_report import frame_rows, render_audit_report, summary_markdown
+from .checks import check_audit
 from .params import AuditParams, NoiseSpec
 from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, report_failure, run_tags, tag_this_run
 
@@ -49,7 +50,7 @@ def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, contr
     if not out.complete:
         raise storage.StorageError(f"{out.path} is not complete; finish `ddiff reconstruct` (rerun it to resume) first")
     cfg = out.manifest["config"]
-    stack = storage.open_stack(out.manifest["input"]["path"])
+    stack = storage.open_input(out)  # refuses an input re-ingested since the reconstruction (one line)
     f = int(out.manifest["scale"])
     H, W = out.plan.frame_shape
     op = T.build_operator(cfg["operator"]["name"], cfg["operator"]["params"], (H * f, W * f))
@@ -99,6 +100,7 @@ def _audit(p: AuditParams) -> dict:
     from .reconstruct import settings_text
 
     logger = get_run_logger()
+    check_audit(p.output_store)  # complete, and its input is still the one it was made from
     out = storage.open_output(p.output_store)
     cfg = out.manifest["config"]
     tag_this_run(run_tags(operator=cfg["operator"]["name"], solver=cfg.get("solver"), prior=cfg.get("prior")))
