@@ -32,10 +32,17 @@ from .checks import check_audit
 from .params import AuditParams, NoiseSpec
 from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, report_failure, run_tags, tag_this_run
 
-__all__ = ["audit_reconstruction", "audit_frames", "CHUNK"]
+__all__ = ["audit_reconstruction", "audit_frames", "frames_per_chunk", "CHUNK"]
 
 CHUNK = 16  # frames audited (and held in memory) at once, at most ...
 CHUNK_BYTES = 256 << 20  # ... and fewer when their float32 reconstructions pass this (big frames: one at a time)
+
+
+def frames_per_chunk(out: storage.OutputStore) -> int:
+    """Frames audited at once: at most :data:`CHUNK`, fewer when their float32 reconstructions pass
+    :data:`CHUNK_BYTES` (the audit and the reconstruction's frame-fit table share this rule)."""
+    _, C, Ho, Wo = out.recon().shape
+    return max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
 
 
 def _frames(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: int):
@@ -109,8 +116,7 @@ def _audit(p: AuditParams) -> dict:
     chi, pv, flags_frame, tile_flags, first = [], [], [], np.zeros((n, plan.n_tiles), bool), None
     rows: list[dict] = []
     with storage.RunLock(out.path) as lock:
-        _, C, Ho, Wo = out.recon().shape
-        step = max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
+        step = frames_per_chunk(out)
         for c0 in range(0, n, step):
             c1 = min(n, c0 + step)
             res, x, y, op = audit_frames(out.path, c0, c1, alpha=p.alpha, window=p.window, control=p.control)

@@ -32,14 +32,14 @@ __all__ = ["frame_fit_rows", "publish_fit_table", "publish_failure", "resume_com
 def frame_fit_rows(output_store) -> list[dict]:
     """Per frame of a finished output: the frame χ²_ν (the audit's definition), its expectation, z, p,
     and the range of the solver's tile χ²_ν."""
-    from .audit import CHUNK, audit_frames
+    from .audit import audit_frames, frames_per_chunk
     from .audit_report import frame_rows
 
     out = storage.open_output(output_store)
     tile_chi = np.asarray(out.open_diagnostics()["chi2_nu"].values, dtype=np.float64)
-    rows = []
-    for c0 in range(0, out.n_frames, CHUNK):
-        c1 = min(out.n_frames, c0 + CHUNK)
+    rows, step = [], frames_per_chunk(out)
+    for c0 in range(0, out.n_frames, step):
+        c1 = min(out.n_frames, c0 + step)
         res = audit_frames(out.path, c0, c1)[0]
         for t, r in zip(range(c0, c1), frame_rows(res)):
             tc = tile_chi[t]
