@@ -32,12 +32,19 @@ from .audit_report import frame_rows, render_audit_report, summary_markdown
 from .checks import check_audit
 from .noise import noise_model
 from .params import AuditParams
-from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, run_tags, tag_this_run
+from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, report_failure, run_tags, tag_this_run
 
-__all__ = ["audit_reconstruction", "audit_frames", "CHUNK"]
+__all__ = ["audit_reconstruction", "audit_frames", "frames_per_chunk", "CHUNK"]
 
 CHUNK = 16  # frames audited (and held in memory) at once, at most ...
 CHUNK_BYTES = 256 << 20  # ... and fewer when their float32 reconstructions pass this (big frames: one at a time)
+
+
+def frames_per_chunk(out: storage.OutputStore) -> int:
+    """Frames audited at once: at most :data:`CHUNK`, fewer when their float32 reconstructions pass
+    :data:`CHUNK_BYTES` (the audit and the reconstruction's frame-fit table share this rule)."""
+    _, C, Ho, Wo = out.recon().shape
+    return max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
 
 
 def _frames(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: int):
@@ -86,13 +93,28 @@ def _coords(out: storage.OutputStore, c0: int, c1: int, maps: bool) -> dict:
 
 @flow(name="audit-reconstruction", persist_result=False, flow_run_name=flow_run_namer("audit", "params.output_store"))
 def audit_reconstruction(params: AuditParams) -> dict:
-    """Audit every frame of ``params.output_store``; returns a small dict (report path, flags)."""
+    """Audit every frame of ``params.output_store``; returns a small dict (report path, flags).
+    A failed or interrupted audit publishes a failure summary and ``ddiff.run.failed``."""
+    p = params if isinstance(params, AuditParams) else AuditParams.model_validate(params)
+    try:
+        return _audit(p)
+    except BaseException as exc:
+        where = abspath(p.output_store)
+        cmd = f"ddiff audit {where} --alpha {p.alpha:g} --window {p.window}" + (
+            f" --report-dir {abspath(p.report_dir)}" if p.report_dir else "")
+        report_failure("audit-reconstruction", p.output_store, exc,
+                       [f"the reconstruction `{where}` is only read; the audit rewrites only its `audit/` group, "
+                        "its `audit_flags` label and the report folder"], [cmd],
+                       key=artifact_key("audit", p.output_store))
+        raise
+
+
+def _audit(p: AuditParams) -> dict:
     import xarray as xr
     from zarr.storage import LocalStore
 
     from .reconstruct import settings_text
 
-    p = params if isinstance(params, AuditParams) else AuditParams.model_validate(params)
     logger = get_run_logger()
     check_audit(p.output_store)  # complete, and its input is still the one it was made from
     out = storage.open_output(p.output_store)
@@ -103,8 +125,7 @@ def audit_reconstruction(params: AuditParams) -> dict:
     chi, pv, flags_frame, tile_flags, first = [], [], [], np.zeros((n, plan.n_tiles), bool), None
     rows: list[dict] = []
     with storage.RunLock(out.path) as lock:
-        _, C, Ho, Wo = out.recon().shape
-        step = max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
+        step = frames_per_chunk(out)
         for c0 in range(0, n, step):
             c1 = min(n, c0 + step)
             res, x, y, op = audit_frames(out.path, c0, c1, alpha=p.alpha, window=p.window, control=p.control)

@@ -38,7 +38,8 @@ from . import tiles as T
 from .checks import check_reconstruct
 from .noise import noise_model, resolve_noise, sample_frames
 from .params import ReconstructParams
-from .ui import abspath, artifact_key, batch_label, ensure_gpu_limit, flow_run_namer, run_tags, tag_this_run
+from .ui import (abspath, artifact_key, batch_label, ensure_gpu_limit, flow_run_namer, is_control_signal, run_tags,
+                 tag_this_run)
 
 __all__ = ["reconstruct_stack", "run_config", "artifact_key"]
 
@@ -379,7 +380,7 @@ def reconstruct_stack(params: ReconstructParams) -> dict:
     try:
         return _reconstruct(p, state)
     except BaseException as exc:
-        if p.artifacts:
+        if p.artifacts and not is_control_signal(exc):
             publish_failure(p, exc, state["progress"])
         raise
 
