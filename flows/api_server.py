@@ -86,4 +86,18 @@ def command_server() -> Iterator[str | None]:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = old
+        _drain_to(server)
         server.stop()
+
+
+def _drain_to(server) -> None:
+    """Send the logs and events still queued in this process to ``server`` before it stops;
+    otherwise Prefect's exit hook finds no server and prints "Error logging to API"."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=5)
+        except Exception:  # noqa: BLE001 - a failed flush must not hide the command's own outcome
+            pass
