@@ -58,7 +58,8 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
         g.add_argument("--operator", default="gaussian_blur", help="forward model name (default: gaussian_blur)")
         g.add_argument("--op-param", action="append", metavar="K=V", help="operator keyword, repeatable (e.g. std=3.0)")
         g.add_argument("--noise", default="gaussian", choices=["gaussian", "poisson", "poisson_gaussian"])
-        g.add_argument("--sigma", type=float, default=0.05, help="noise sigma in model space [-1,1] (default 0.05)")
+        g.add_argument("--sigma", type=float, default=0.05, help="noise sigma in model space [-1,1] (default 0.05); "
+                       "for measurement stores (sinogram, kspace, ...) in the measurements' own units")
         g.add_argument("--gain", type=float, default=1.0, help="counts per model unit (Poisson models)")
     g.add_argument("--prior", default="default", help="'default' or a .safetensors/.pt checkpoint")
     g.add_argument("--solver", default="ddiff", choices=["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps",
@@ -101,10 +102,12 @@ def cmd_ingest(a) -> int:
     if "," in intensity:
         intensity = [float(v) for v in intensity.split(",")]
     p = IngestParams(source=a.source, store=a.store, axes=a.axes, chunk=a.chunk, intensity=intensity,
-                     nonfinite=a.nonfinite, overwrite=a.overwrite)
+                     nonfinite=a.nonfinite, overwrite=a.overwrite, domain=a.domain, angles=a.angles, mask=a.mask,
+                     image_size=a.image_size, oversample=a.oversample)
     with _spinner(f"ingesting {a.source}", not a.no_progress):
         info = ingest_stack(p)
-    _console().print(f"[green]ingested[/green] {info['store']}  shape (t,c,y,x) {info['shape']}  {info['dtype']}")
+    _console().print(f"[green]ingested[/green] {info['store']}  shape (t,c,y,x) {info['shape']}  {info['dtype']}"
+                     + (f"  ({a.domain}; reconstructed on the image grid the store records)" if a.domain != "image" else ""))
     return 0
 
 
@@ -223,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--intensity", default="percentile", help="percentile | minmax | dtype | LOW,HIGH")
     sp.add_argument("--nonfinite", default="refuse", choices=["refuse", "mask"])
     sp.add_argument("--overwrite", action="store_true")
+    m = sp.add_argument_group("measurement domains (solved as whole frames; see docs/modalities.md)")
+    m.add_argument("--domain", default="image", choices=["image", "sinogram", "kspace", "fourier_magnitude"],
+                   help="image (default, tiled); sinogram (frames = angle x detector); kspace (complex, DC "
+                        "centred, single coil); fourier_magnitude (phase retrieval). For measurements --intensity "
+                        "LOW,HIGH is the range of the IMAGE (default: estimated from the classical reconstruction)")
+    m.add_argument("--angles", default=None, help="sinogram: projection angles in degrees — START:STOP:STEP "
+                   "(e.g. 0:180:3), a count N (evenly over [0,180)), a comma list, or a .npy/.txt file")
+    m.add_argument("--mask", default=None, help="kspace: sampling mask .npy, (H,) rows or (H,W) "
+                   "(default: the rows that are not all zero)")
+    m.add_argument("--image-size", type=int, default=None, help="sinogram: side N of the N x N image "
+                   "(default: the detector count)")
+    m.add_argument("--oversample", type=float, default=2.0, help="fourier_magnitude: padding rule (default 2.0)")
     sp.set_defaults(fn=cmd_ingest)
 
     sp = sub.add_parser("reconstruct", help="reconstruct an ingested stack (tiled, batched, resumable)",

@@ -145,6 +145,24 @@ class IngestParams(_Model):
     intensity: Any = Field("percentile", description="'percentile', 'minmax', 'dtype' or [low, high]")
     nonfinite: Literal["refuse", "mask"] = "refuse"
     overwrite: bool = False
+    domain: Literal["image", "sinogram", "kspace", "fourier_magnitude"] = Field(
+        "image", description="what the frames are: images (tiled), or measurements solved per frame "
+                             "(sinogram: angle × detector; kspace: complex, DC centred; fourier_magnitude)")
+    angles: Any = Field(None, description="sinogram: projection angles in degrees (list, count, 'start:stop:step', "
+                                          "comma list or a .npy/.txt file)")
+    mask: Optional[str] = Field(None, description="kspace: sampling mask .npy, (H,) rows or (H, W) "
+                                                  "(default: rows that are not all zero)")
+    image_size: Optional[int] = Field(None, ge=8, description="sinogram/fourier_magnitude: side N of the N×N image "
+                                                              "(default: detector count / from the padding)")
+    oversample: float = Field(2.0, ge=0, description="fourier_magnitude: the padding rule of phase_retrieval")
+
+    @model_validator(mode="after")
+    def _domain_options(self):
+        if self.domain != "sinogram" and self.angles is not None:
+            raise ValueError(f"angles apply to --domain sinogram, not {self.domain}")
+        if self.domain != "kspace" and self.mask is not None:
+            raise ValueError(f"mask applies to --domain kspace, not {self.domain}")
+        return self
 
     @field_validator("source")
     @classmethod

@@ -85,20 +85,25 @@ def run_config(p: ReconstructParams) -> tuple[dict, "T.Geometry", int, str]:
     if 2 * overlap > min(p.tile, H, W) and op.halo is not None:
         raise ValueError(f"overlap={p.overlap} is too large for tile={p.tile}: need 2*overlap <= tile")
     geo = T.operator_geometry(op, (H, W), C, p.tile, overlap)
+    return solver_config(p, p.operator.name, p.operator.params, prior_path), geo, C, prior_sha
+
+
+def solver_config(p: ReconstructParams, op_name: str, op_params: dict, prior_path: str) -> dict:
+    """The hashed run configuration shared by the tiled and the whole-frame paths."""
     config = {
-        "operator": {"name": p.operator.name, "params": p.operator.params},
+        "operator": {"name": op_name, "params": op_params},
         "noise": p.noise.model_dump(),
         "prior": p.prior if p.prior in NAMED_WEIGHTS else Path(p.prior).name,
         "prior_path": prior_path,
         "solver": p.solver.name,
-        "hyperparameters": p.solver.resolve(p.operator.name),
+        "hyperparameters": p.solver.resolve(op_name),
         "seed": int(p.seed),
         "batch_size": int(p.execution.batch_size),
         "dtype": p.execution.dtype,
     }
     if p.solver.seeds > 1:  # only then: configurations of single-sample runs keep their hash
         config["seeds"] = int(p.solver.seeds)
-    return config, geo, C, prior_sha
+    return config
 
 
 def _descriptors(p: ReconstructParams, out: storage.OutputStore, config: dict, run_id: str, down: int) -> list[dict]:
@@ -253,6 +258,10 @@ def reconstruct_stack(params: ReconstructParams) -> dict:
     from prefect.runtime import flow_run
 
     p = params if isinstance(params, ReconstructParams) else ReconstructParams.model_validate(params)
+    if storage.measurement_of(p.input_store) is not None:  # sinograms, k-space, ...: whole frames
+        from .frames import reconstruct_frames
+
+        return reconstruct_frames(p)
     logger = get_run_logger()
     t0 = time.perf_counter()
     config, geo, _, prior_sha = run_config(p)

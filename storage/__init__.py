@@ -9,11 +9,14 @@ Public surface (see each module's docstring for its contract):
 * :class:`TilePlan`, :class:`Tile` — ``storage.tiling``;
 * :func:`create_output`, :func:`open_output`, :func:`read_tile`, :func:`write_tile_result`,
   :func:`assemble_tile`, :func:`assemble_frame`, :func:`finalize`, :class:`Ledger` — ``storage.output``;
+* :func:`measurement_of`, :func:`create_frame_output`, :func:`write_frame_result` — ``storage.frames``
+  (measurement stores and whole-frame outputs of global operators);
 * :class:`RunLock`, :func:`safe_subpath`, :func:`file_sha256` and the errors — ``storage.safety``.
 
 Tasks pass descriptors (store paths, frame and tile indices, a JSON config), never arrays.
 """
 from .ingest import Stack, ingest, open_stack, verify_stack
+from .frames import create_frame_output, is_frame_output, measurement_of, read_extra, write_frame_result
 from .intensity import IntensityMap
 from .output import (DIAG_SCALARS, Ledger, OutputStore, TileInput, assemble_frame, assemble_tile, create_output,
                      finalize, open_output, read_tile, write_tile_result)
@@ -25,5 +28,6 @@ __all__ = [
     "ingest", "open_stack", "verify_stack", "Stack", "IntensityMap", "TilePlan", "Tile",
     "create_output", "open_output", "OutputStore", "Ledger", "TileInput", "read_tile", "write_tile_result",
     "assemble_tile", "assemble_frame", "finalize", "DIAG_SCALARS", "RunLock", "safe_subpath", "file_sha256",
+    "measurement_of", "read_extra", "create_frame_output", "write_frame_result", "is_frame_output",
     "StorageError", "StoreExistsError", "ConfigMismatchError", "LockError", "NonFiniteError", "SourceError",
 ]

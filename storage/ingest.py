@@ -92,7 +92,8 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
            intensity: str | tuple[float, float] = "percentile", percentiles: tuple[float, float] = (0.1, 99.9),
            max_samples: int = 2_000_000, nonfinite: str = "refuse", pixel_size: tuple[float, float] = (1.0, 1.0),
            space_unit: str = "micrometer", time_step: float = 1.0, time_unit: str = "second",
-           block_bytes: int = 64 << 20, checksum: bool = True, overwrite: bool = False) -> "Stack":
+           block_bytes: int = 64 << 20, checksum: bool = True, overwrite: bool = False,
+           measurement: dict | None = None, extra_arrays: dict | None = None) -> "Stack":
     """Stream ``source`` into the OME-Zarr store ``store`` and return it opened read-only.
 
     Parameters: ``source`` TIFF/BigTIFF/OME-TIFF, ``.npy``, folder of frames, or ``file.h5:/ds``
@@ -103,6 +104,10 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
     ≤``max_samples`` streamed subsample -> [-1, 1]), ``"minmax"``, ``"dtype"`` (integer range) or
     an explicit ``(low, high)``; ``nonfinite`` ``"refuse"``|``"mask"``; ``pixel_size``/units go
     into the OME scale transform; ``block_bytes`` bounds the frames read at once.
+    ``measurement`` (see :mod:`storage.measurements`): the stack holds measurements of an operator
+    (sinograms, k-space, ...), recorded as ``attributes["ddiff"]["measurement"]``; complex sources
+    are accepted then, and ``intensity`` is the map of the *image* to reconstruct. ``extra_arrays``:
+    small named arrays written next to ``"0"`` (e.g. a k-space sampling mask).
     """
     if nonfinite not in ("refuse", "mask"):
         raise ValueError(f"nonfinite={nonfinite!r}; use 'refuse' (default) or 'mask'")
@@ -118,8 +123,9 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
         with atomic_directory(store, replace_old, "ingest") as tmp:
             T, C, H, W = reader.shape
             dtype = reader.dtype
-            if dtype.kind not in "uif" or dtype.itemsize > 8:
-                raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only)")
+            if not (dtype.kind in "uif" and dtype.itemsize <= 8 or dtype.kind == "c" and measurement is not None):
+                raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only"
+                                   f"{'; complex data is accepted as measurements: --domain kspace' if dtype.kind == 'c' else ''})")
             cy, cx = min(chunk, H), min(chunk, W)
             shards = None if shard is None else (1, C, min(shard, -(-H // cy) * cy), min(shard, -(-W // cx) * cx))
             root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3)
@@ -134,7 +140,7 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
             for t0 in range(0, T, per_block):
                 t1 = min(T, t0 + per_block)
                 block = reader.read(t0, t1)
-                if dtype.kind == "f":
+                if dtype.kind in "fc":
                     fin = np.isfinite(block)
                     if not fin.all():
                         bad = [t0 + int(i) for i in np.flatnonzero(~fin.reshape(t1 - t0, -1).all(axis=1))]
@@ -148,7 +154,7 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                                                       compressors=_compressors("zstd", np.dtype(bool)),
                                                       dimension_names=AXES, fill_value=True)
                         valid[t0:t1] = fin
-                sampler.add(block)
+                sampler.add(np.abs(block) if dtype.kind == "c" else block)
                 data_hash.update(np.ascontiguousarray(block))
                 arr[t0:t1] = block
                 del block
@@ -166,6 +172,11 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                 "nonfinite": {"policy": nonfinite, "frames": nonfinite_frames, "mask": "valid" if valid is not None else None},
                 "seconds": round(time.perf_counter() - t_start, 3),
             }
+            if measurement is not None:
+                meta["measurement"] = dict(measurement)
+            for name, value in (extra_arrays or {}).items():
+                value = np.asarray(value)
+                root.create_array(name, shape=value.shape, dtype=value.dtype, chunks=value.shape, fill_value=0)[...] = value
             root.attrs.update({"ome": ome_image_attrs(Path(store).name, pixel_size, space_unit, time_step, time_unit),
                                "ddiff": meta})
     finally:

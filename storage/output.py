@@ -195,26 +195,35 @@ def create_output(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
     manifest = {"kind": OUTPUT_KIND, "version": package_version(), "config_hash": config_hash, "config": config,
                 "prior_sha256": prior_sha256, "input": inp, "plan": plan.to_dict(), "scale": scale,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    replace_old = False
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-        kind = _store_kind(path) if path.is_dir() else None
-        if kind != OUTPUT_KIND:
-            raise StoreExistsError(f"{path} already holds unrelated data; nothing was written. Choose a new output "
-                                   "path (overwrite=True never deletes data this package did not write)")
-        old = open_output(path)
-        if old.manifest["config_hash"] == config_hash:
-            return old
-        if not overwrite:
-            raise ConfigMismatchError(
-                f"{path} was written with a different configuration (config_hash {old.manifest['config_hash'][:12]} "
-                f"!= {config_hash[:12]}); pass overwrite=True to replace it or choose another output path")
-        # hold the old store's lock while replacing it: raises LockError if a live run holds it,
-        # breaks a stale one; the lock file leaves with the old folder
-        RunLock(path).acquire()
-        replace_old = True
+    old, replace_old = _reuse_or_replace(path, config_hash, overwrite)
+    if old is not None:
+        return old
     with atomic_directory(path, replace_old, "create") as tmp:
         _build_output(tmp, stack, plan, scale, manifest)
     return open_output(path)
+
+
+def _reuse_or_replace(path: Path, config_hash: str, overwrite: bool) -> tuple[OutputStore | None, bool]:
+    """``(existing store, False)`` when ``path`` holds an output of ``config_hash`` (resume);
+    ``(None, replace_old)`` otherwise, after refusing unrelated data and (without ``overwrite``)
+    another configuration."""
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return None, False
+    kind = _store_kind(path) if path.is_dir() else None
+    if kind != OUTPUT_KIND:
+        raise StoreExistsError(f"{path} already holds unrelated data; nothing was written. Choose a new output "
+                               "path (overwrite=True never deletes data this package did not write)")
+    old = open_output(path)
+    if old.manifest["config_hash"] == config_hash:
+        return old, False
+    if not overwrite:
+        raise ConfigMismatchError(
+            f"{path} was written with a different configuration (config_hash {old.manifest['config_hash'][:12]} "
+            f"!= {config_hash[:12]}); pass overwrite=True to replace it or choose another output path")
+    # hold the old store's lock while replacing it: raises LockError if a live run holds it,
+    # breaks a stale one; the lock file leaves with the old folder
+    RunLock(path).acquire()
+    return None, True
 
 
 def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest: dict) -> None:

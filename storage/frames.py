@@ -1,0 +1,172 @@
+"""Measurement stores and whole-frame outputs: the storage side of global operators (CT, MRI, ...).
+
+Room: ``storage`` — zarr, xarray, numpy; never torch/prefect/``ddiff``/``flows``.
+
+A **measurement store** is an ingested stack (:func:`storage.ingest`, same kind, same read-only
+access) whose frames are measurements of an operator, not images: ``attributes["ddiff"]
+["measurement"]`` records ::
+
+    {"domain": "sinogram" | "kspace" | "fourier_magnitude",
+     "operator": {"name": "ct_parallel_beam", "params": {...}},  # geometry of the measurement
+     "image_shape": [N, M],                                      # the grid to reconstruct on
+     "units": {...}}                                             # e.g. angles in degrees
+
+and array ``"0"`` holds the measurements in the user's units, axes ``(t, c, y, x)`` with ``y, x``
+the measurement's own axes (angle × detector; k_y × k_x with DC at ``(H//2, W//2)``). Its
+``intensity`` map is that of the *image* (physical image units ↔ model space), used to write the
+reconstruction. Optional small arrays next to ``"0"`` (e.g. ``"sampling_mask"``, bool ``(H, W)``).
+
+A **frame output** (:func:`create_frame_output`) has the layout of a tiled output
+(:mod:`storage.output`) with one "tile" per frame: the tile plan covers the *measurement* grid
+(``halo=None``: one tile, core = the whole frame), so ``diagnostics/`` holds the per-(t, tile)
+scalars (``chi2_nu``, ``nll``, ...) and ``residual`` ``(t, c, y, x)`` on the measurement grid
+(real residual, or its magnitude for complex data; NaN where nothing was measured), in the
+measurement's units; ``recon/0`` is ``(T, C, N, M)`` on the image grid, one chunk per frame,
+written whole by :func:`write_frame_result` (deterministic bytes, so a resumed run equals an
+uninterrupted one), which marks the frame ``solved`` and ``assembled`` in the same ledger.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from .ingest import Stack, _compressors, open_stack
+from .ome import AXES, ome_image_attrs, package_version
+from .output import DIAG_SCALARS, OUTPUT_KIND, OutputStore, _as_output, _reuse_or_replace, open_output
+from .safety import StorageError, atomic_directory, canonical_hash, require_lock
+from .tiling import TilePlan
+
+__all__ = ["measurement_of", "is_frame_output", "create_frame_output", "write_frame_result", "read_extra"]
+
+FRAME_LAYOUT = "frames"
+
+
+def measurement_of(stack) -> dict | None:
+    """The ``measurement`` record of an ingested stack (path or :class:`Stack`), or None for images."""
+    st = stack if isinstance(stack, Stack) else open_stack(stack)
+    m = st.meta.get("measurement")
+    return dict(m) if m else None
+
+
+def read_extra(stack, name: str) -> np.ndarray:
+    """A small named array stored next to the measurements (e.g. ``"sampling_mask"``)."""
+    st = stack if isinstance(stack, Stack) else open_stack(stack)
+    root = zarr.open_group(LocalStore(st.path, read_only=True), mode="r")
+    if name not in root:
+        raise StorageError(f"{st.path} has no array {name!r}")
+    return np.asarray(root[name][...])
+
+
+def is_frame_output(out) -> bool:
+    return _as_output(out).manifest.get("layout") == FRAME_LAYOUT
+
+
+def create_frame_output(path, input_store, config: Mapping, *, prior_sha256: str | None = None,
+                        overwrite: bool = False) -> OutputStore:
+    """Create (or reopen, when the configuration matches) the whole-frame output of a measurement store.
+
+    Same guarantees as :func:`storage.create_output`: resume on an equal ``config_hash``, refuse a
+    different one unless ``overwrite``, never touch unrelated data, build atomically."""
+    path = Path(path)
+    stack = input_store if isinstance(input_store, Stack) else open_stack(input_store)
+    meas = measurement_of(stack)
+    if meas is None:
+        raise StorageError(f"{stack.path} holds images, not measurements; use storage.create_output (tiles)")
+    image_shape = [int(v) for v in meas["image_shape"]]
+    plan = TilePlan(stack.frame_shape, halo=None)
+    inp = {"path": str(stack.path.resolve()), "data_sha256": stack.meta["data_sha256"], "shape": list(stack.shape),
+           "dtype": stack.meta["dtype"], "intensity": stack.intensity.to_dict()}
+    config = dict(config)
+    identity = {"config": config, "prior_sha256": prior_sha256, "input_sha256": inp["data_sha256"],
+                "plan": plan.to_dict(), "image_shape": image_shape, "layout": FRAME_LAYOUT}
+    config_hash = canonical_hash(identity)
+    manifest = {"kind": OUTPUT_KIND, "version": package_version(), "config_hash": config_hash, "config": config,
+                "prior_sha256": prior_sha256, "input": inp, "plan": plan.to_dict(), "scale": 1,
+                "layout": FRAME_LAYOUT, "image_shape": image_shape, "measurement": meas,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    old, replace_old = _reuse_or_replace(path, config_hash, overwrite)
+    if old is not None:
+        return old
+    with atomic_directory(path, replace_old, "create") as tmp:
+        _build_frame_output(tmp, stack, plan, image_shape, manifest)
+    return open_output(path)
+
+
+def _build_frame_output(tmp: Path, stack: Stack, plan: TilePlan, image_shape: list[int], manifest: dict) -> None:
+    import dask.array as da
+    import xarray as xr
+
+    T, C, h, w = stack.shape
+    N, M = image_shape
+    f32 = np.dtype("float32")
+    root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3, attributes={"ddiff": manifest})
+    ms = stack.ome["multiscales"][0]
+    in_scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+    units = {a["name"]: a.get("unit") for a in ms["axes"]}
+    # image pixel = one detector pixel (CT) / one field-of-view sample (MRI): the input's x pixel size
+    recon = root.create_group("recon", attributes={"ome": ome_image_attrs(
+        "recon", (in_scale[3], in_scale[3]), units["x"], in_scale[0], units["t"])})
+    recon.create_array("0", shape=(T, C, N, M), dtype=f32, chunks=(1, C, N, M),
+                       compressors=_compressors("blosc-zstd", f32), dimension_names=AXES, fill_value=float("nan"))
+    cfg = manifest["config"]
+    data_vars = {}
+    for name, dt in DIAG_SCALARS.items():
+        fill = -1 if dt == "int64" else np.nan
+        data_vars[name] = (("t", "tile"), da.full((T, 1), fill, dtype=dt, chunks=(1, 1)))
+    data_vars["residual"] = (("t", "c", "y", "x"), da.full((T, C, h, w), np.nan, dtype=f32, chunks=(1, C, h, w)))
+    data_vars["core_box"] = (("tile", "box"), np.array([t.core for t in plan], dtype=np.int64))
+    data_vars["blend_box"] = (("tile", "box"), np.array([t.blend for t in plan], dtype=np.int64))
+    meas = manifest["measurement"]
+    ds = xr.Dataset(data_vars, attrs={
+        "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),
+        "prior_sha256": manifest["prior_sha256"] or "", "config_hash": manifest["config_hash"],
+        "residual_units": f"units of the stored {meas['domain']} measurements (y - A x on the measurement grid; "
+                          "magnitude |y - A x| for complex data; NaN where nothing was measured)",
+        "domain": str(meas["domain"]), "box_order": "y0,y1,x0,x1 (half-open, measurement pixels)"})
+    ds.to_zarr(LocalStore(tmp), group="diagnostics", mode="w-", compute=False, consolidated=False,
+               zarr_format=3, encoding={"nfe": {"_FillValue": -1}})
+
+
+def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping, residual: np.ndarray, *,
+                       run_id: str | None = None) -> None:
+    """Write one solved frame: ``recon`` ``(C, N, M)`` model space (mapped to the image's physical
+    units here), ``diagnostics`` (any of :data:`DIAG_SCALARS`), ``residual`` ``(C, h, w)`` float
+    on the measurement grid (measurement units, NaN where unmeasured); then mark the frame solved
+    and assembled. Every write is one whole chunk or region, so rewriting gives identical bytes."""
+    import xarray as xr
+
+    out = _as_output(out)
+    require_lock(out.path, run_id)
+    frame = int(frame)
+    if not 0 <= frame < out.n_frames:
+        raise ValueError(f"frame {frame} out of range: the output has {out.n_frames} frames")
+    C, (N, M) = out.channels, out.manifest["image_shape"]
+    x = np.asarray(recon, dtype=np.float32)
+    if x.shape != (C, N, M):
+        raise StorageError(f"recon of frame {frame} has shape {x.shape}; expected {(C, N, M)}")
+    if not np.isfinite(x).all():
+        raise StorageError(f"recon of frame {frame} contains NaN/Inf; not written (fix the solve)")
+    unknown = set(diagnostics) - set(DIAG_SCALARS)
+    if unknown:
+        raise ValueError(f"unknown diagnostics {sorted(unknown)}; allowed: {sorted(DIAG_SCALARS)}")
+    r = np.asarray(residual, dtype=np.float32)
+    h, w = out.plan.frame_shape
+    if r.shape != (C, h, w):
+        raise StorageError(f"residual of frame {frame} has shape {r.shape}; expected {(C, h, w)}")
+    g = out.group("w")
+    g["recon/0"][frame] = out.intensity.from_model(x)
+    store = LocalStore(out.path)
+    xr.Dataset({"residual": (("t", "c", "y", "x"), r[np.newaxis])}).to_zarr(
+        store, group="diagnostics", mode="r+", consolidated=False, zarr_format=3, region={"t": slice(frame, frame + 1)})
+    dv = {name: (("t", "tile"), np.array([[diagnostics[name]]], dtype=DIAG_SCALARS[name])) for name in diagnostics}
+    xr.Dataset(dv).to_zarr(store, group="diagnostics", mode="r+", consolidated=False, zarr_format=3,
+                           region={"t": slice(frame, frame + 1), "tile": slice(0, 1)})
+    sha = hashlib.sha256(x.tobytes()).hexdigest()
+    out.ledger.mark_done(frame, 0, "solved", run_id=run_id, recon_sha256=sha)
+    out.ledger.mark_done(frame, 0, "assembled", run_id=run_id)
