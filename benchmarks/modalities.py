@@ -161,11 +161,10 @@ def run(kind: str, a, work: Path) -> dict:
     identical = None
     if a.identity:
         rc3, _, msg3 = ddiff("reconstruct", str(store), str(ref), *rec)
-        g1, g2 = storage.open_output(out).group(), storage.open_output(ref).group()
-        identical = np.asarray(g1["recon/0"][:]).tobytes() == np.asarray(g2["recon/0"][:]).tobytes()
+        identical = storage.open_output(out).recon()[:].tobytes() == storage.open_output(ref).recon()[:].tobytes()
     rc4, t4, msg4 = ddiff("audit", str(out))
     o = storage.open_output(out)
-    x = np.asarray(o.group()["recon/0"][:])
+    x = np.asarray(o.recon()[:])
     chi = np.asarray(o.open_diagnostics()["chi2_nu"].values)
     audit = o.group()["audit"]
     return {"kind": kind, "path": "frames" if storage.is_frame_output(o) else f"tiles ({o.plan.n_tiles}/frame)",

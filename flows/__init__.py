@@ -9,6 +9,9 @@ Public flows (each takes one pydantic parameter model, rendered as a form in the
 * :func:`reconstruct_stack` — input store -> reconstruction + diagnostics (tiled, batched,
   resumable, locally on threads or on Dask);
 * :func:`audit_reconstruction` — per-tile hallucination audit of a finished reconstruction;
+* :func:`process_stack` — the nightly job: (ingest ->) reconstruct -> audit as one parent run, stores
+  read from Prefect variables at run time (``deployments/prefect.yaml``);
+* :func:`demo_pipeline` — ``ddiff demo`` as one parent run (generate, ingest, reconstruct, audit);
 * :func:`train_prior` — train a compact diffusion prior on clean images held in a Zarr store;
 * :func:`benchmark` — the paper's protocol (Table 1/2, noise and NFE studies) on any prior:
   tidy CSV + xarray, markdown tables, plots and a check of the paper's claims (``docs/benchmark.md``).
@@ -43,6 +46,7 @@ if _bad is not None and getattr(_bad, "__file__", None) is None:  # namespace pa
 # configure Prefect's logging (environment variables) before Prefect is first imported.
 _EXPORTS = {
     "ingest_stack": ".ingest", "reconstruct_stack": ".reconstruct", "audit_reconstruction": ".audit",
+    "process_stack": ".process", "demo_pipeline": ".demo",
     "train_prior": ".train", "benchmark": ".bench",
     "IngestParams": ".params", "ReconstructParams": ".params", "AuditParams": ".params", "TrainParams": ".params",
     "BenchmarkParams": ".params", "OperatorSpec": ".params", "NoiseSpec": ".params", "SolverSpec": ".params",

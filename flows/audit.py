@@ -9,7 +9,9 @@ measurement with ``exclude_border = halo`` (near a frame's edge ``A`` sees its b
 not the scene the instrument saw), and write into the output store the group ``audit/`` (xarray):
 per frame ``chi2_nu``, ``z``, ``p_value``, ``p_value_low``, ``frame_flag``, ``n_flagged_windows``;
 per (frame, tile) ``tile_flagged`` (a flagged window touches the tile's core); maps ``flag_map``
-and ``window_p`` (frame grid). The markdown/PNG report (``flows.audit_report``) is rendered for
+and ``window_p`` (output grid, physical ``y``/``x`` coordinates; frames carry their ``t``/``z``);
+and the flag map again as the OME-NGFF label image ``labels/audit_flags`` over the
+reconstruction, so napari shows it on the image. The markdown/PNG report (``flows.audit_report``) is rendered for
 the first chunk (at most ``CHUNK`` frames) into ``report_dir``; a markdown artifact summarises it.
 """
 from __future__ import annotations
@@ -19,14 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import storage
 from ddiff.audit import audit
 
 from . import tiles as T
-from .audit_report import render_audit_report, summary_markdown
+from .audit_report import frame_rows, render_audit_report, summary_markdown
 from .params import AuditParams, NoiseSpec
+from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, run_tags, tag_this_run
 
 __all__ = ["audit_reconstruction", "audit_frames", "CHUNK"]
 
@@ -34,9 +37,8 @@ CHUNK = 16  # frames audited (and held in memory) at once
 
 
 def _frames(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: int):
-    g = out.group("r")
-    x = torch.from_numpy(out.intensity.to_model(np.asarray(g["recon/0"][t0:t1])))
-    y = torch.from_numpy(stack.to_model(np.asarray(stack.array[t0:t1])))
+    x = torch.from_numpy(out.intensity.to_model(out.recon()[t0:t1]))
+    y = torch.from_numpy(stack.to_model(stack.array[t0:t1]))
     return x, y
 
 
@@ -63,50 +65,74 @@ def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, contr
     return res, x, y, op
 
 
-@flow(name="audit-reconstruction", persist_result=False)
+def _coords(out: storage.OutputStore, c0: int, c1: int, maps: bool) -> dict:
+    """Physical coordinates of frames ``[c0, c1)`` (t, z as present) and of the output grid."""
+    from storage.diagnostics import frame_coords
+
+    scale, units = out.geometry
+    coords = {k: (d, v[c0:c1], *rest) for k, (d, v, *rest) in frame_coords(out.layout, scale, units).items()}
+    if maps:
+        s = out.layout.sizes
+        for a in "yx":
+            coords[a] = (a, np.arange(s[a]) * float(scale.get(a, 1.0)), {"units": units.get(a, "")})
+    return coords
+
+
+@flow(name="audit-reconstruction", persist_result=False, flow_run_name=flow_run_namer("audit", "params.output_store"))
 def audit_reconstruction(params: AuditParams) -> dict:
     """Audit every frame of ``params.output_store``; returns a small dict (report path, flags)."""
     import xarray as xr
     from zarr.storage import LocalStore
 
-    from .reconstruct import artifact_key, settings_text
+    from .reconstruct import settings_text
 
     p = params if isinstance(params, AuditParams) else AuditParams.model_validate(params)
     logger = get_run_logger()
     out = storage.open_output(p.output_store)
+    cfg = out.manifest["config"]
+    tag_this_run(run_tags(operator=cfg["operator"]["name"], solver=cfg.get("solver"), prior=cfg.get("prior")))
     report_dir = Path(p.report_dir) if p.report_dir else out.path.with_name(out.path.name + ".audit")
     plan, f, n = out.plan, int(out.manifest["scale"]), out.n_frames
     chi, pv, flags_frame, tile_flags, first = [], [], [], np.zeros((n, plan.n_tiles), bool), None
-    with storage.RunLock(out.path):
+    rows: list[dict] = []
+    with storage.RunLock(out.path) as lock:
         for c0 in range(0, n, CHUNK):
             c1 = min(n, c0 + CHUNK)
             res, x, y, op = audit_frames(out.path, c0, c1, alpha=p.alpha, window=p.window, control=p.control)
             if first is None:
                 first = (res, x, y)
             B = c1 - c0
-            dv = {name: (("t",), getattr(res, name).double().cpu().numpy())
+            dv = {name: (("frame",), getattr(res, name).double().cpu().numpy())
                   for name in ("chi2_nu", "z", "p_value", "p_value_low")}
-            dv["frame_flag"] = (("t",), res.flagged.cpu().numpy())
+            dv["frame_flag"] = (("frame",), res.flagged.cpu().numpy())
             nwin = (res.region_flag.flatten(1).sum(1).cpu().numpy() if res.region_flag is not None
                     else np.zeros(B, np.int64))
-            dv["n_flagged_windows"] = (("t",), nwin.astype(np.int64))
+            dv["n_flagged_windows"] = (("frame",), nwin.astype(np.int64))
             if res.flag_map is not None:
                 fm = res.flag_map.cpu().numpy()
-                dv["flag_map"] = (("t", "y", "x"), fm)
-                dv["window_p"] = (("t", "y", "x"), res.window_p.float().cpu().numpy())
+                dv["flag_map"] = (("frame", "y", "x"), fm)
+                dv["window_p"] = (("frame", "y", "x"), res.window_p.float().cpu().numpy())
                 op_plan = plan.scaled(f)
                 for k, tile in enumerate(op_plan):
                     y0, y1, x0, x1 = tile.core
                     tile_flags[c0:c1, k] = fm[:, y0:y1, x0:x1].reshape(B, -1).any(1)
             else:  # global operator: one tile per frame = the frame test
                 tile_flags[c0:c1, :] = res.flagged.cpu().numpy()[:, None]
-            dv["tile_flagged"] = (("t", "tile"), tile_flags[c0:c1])
-            ds = xr.Dataset(dv, coords={"t": np.arange(c0, c1)}, attrs={k: str(v) for k, v in res.attrs().items()})
-            kw = {"mode": "w"} if c0 == 0 else {"mode": "a", "append_dim": "t"}
+            dv["tile_flagged"] = (("frame", "tile"), tile_flags[c0:c1])
+            ds = xr.Dataset(dv, coords={"frame": np.arange(c0, c1), **_coords(out, c0, c1, res.flag_map is not None)},
+                            attrs={k: str(v) for k, v in res.attrs().items()})
+            kw = {"mode": "w"} if c0 == 0 else {"mode": "a", "append_dim": "frame"}
             ds.to_zarr(LocalStore(out.path), group="audit", consolidated=False, zarr_format=3, **kw)
+            if res.flag_map is not None:  # the flags as an OME-NGFF label image over the reconstruction
+                for b in range(B):
+                    storage.write_flag_label(out, "audit_flags", c0 + b, fm[b], run_id=lock.run_id)
+            storage.consolidate(out.path)
             chi += [float(v) for v in res.chi2_nu]
             pv += [float(v) for v in res.p_value]
             flags_frame += [bool(v) for v in res.flagged]
+            rows += [{"frame": c0 + b, **{k: v for k, v in r.items() if k != "sample"},
+                      "tiles_flagged": int(tile_flags[c0 + b].sum()), "flagged": bool(res.flagged[b])}
+                     for b, r in enumerate(frame_rows(res))]
             logger.info("audited frames %d-%d: %d flagged", c0, c1 - 1, int(res.flagged.sum()))
     res, x, y = first
     if y.is_complex():  # k-space is shown as its magnitude
@@ -115,12 +141,45 @@ def audit_reconstruction(params: AuditParams) -> dict:
                                   title=f"Hallucination audit — {out.path.name}",
                                   sample_names=[f"frame {t}" for t in range(x.shape[0])])
     flagged_tiles = [(int(t), int(k)) for t, k in zip(*np.nonzero(tile_flags))]
+    n_flag = sum(flags_frame)
     if p.artifacts:
-        md = [summary_markdown(res), "", f"- {settings_text(out.manifest['config'])}",
-              f"- report: `{md_path}`", f"- dataset: `{out.path}/audit`",
-              f"- frames flagged: {sum(flags_frame)} / {n}; tiles touching a flagged window: {len(flagged_tiles)}", ""]
-        md += [f"- frame {t} tile {k}" for t, k in flagged_tiles[:50]]
-        create_markdown_artifact("\n".join(md), key=artifact_key("audit", str(out.path)),
-                                 description="hallucination audit summary")
+        _publish(out, p, res, rows, md_path, report_dir, n_flag, flagged_tiles, settings_text(cfg))
+    if n_flag:
+        emit("ddiff.audit.flagged", out.path, {"frames_flagged": n_flag, "frames": n, "tiles_flagged": len(flagged_tiles),
+                                               "flagged_frames": [t for t, b in enumerate(flags_frame) if b][:100],
+                                               "report": abspath(md_path), "alpha": p.alpha})
     return {"report": str(md_path), "dataset": f"{out.path}/audit", "chi2_nu": chi, "p_value": pv,
             "frames_flagged": [t for t, b in enumerate(flags_frame) if b], "tiles_flagged": flagged_tiles}
+
+
+def _publish(out, p: AuditParams, res, rows: list[dict], md_path: Path, report_dir: Path, n_flag: int,
+             flagged_tiles: list, settings: str) -> None:
+    """The audit in the Prefect UI: the per-frame table, the settings table, and a markdown artifact
+    with the summary and the pictures (reconstruction, residual, window p, flag overlay) inline."""
+    where = abspath(out.path)
+    create_table_artifact(rows, key=artifact_key("audit-frames", out.path),
+                          description=f"hallucination audit per frame of {where}: chi2_nu (expected mean ± sd under "
+                                      "the noise model), z, p_misfit / p_overfit, flagged windows, tiles touching them")
+    hp = out.manifest["config"].get("hyperparameters", {})
+    settings_rows = [{"setting": k, "value": str(v)} for k, v in res.attrs().items()]
+    settings_rows += [{"setting": "solver data step", "value": settings}]
+    settings_rows += [{"setting": f"solver.{k}", "value": str(v)} for k, v in hp.items()]
+    settings_rows += [{"setting": "uncertainty (seed spread)", "value": "not computed by the pipeline audit: one seed "
+                       "per tile (see docs/audit.md §3 for ddiff.audit.uncertainty over K seeds)"}]
+    create_table_artifact(settings_rows, key=artifact_key("audit-settings", out.path),
+                          description=f"calibration and audit settings of {where}")
+    md = [f"# Hallucination audit — `{where}`", "", summary_markdown(res), f"- {settings}",
+          f"- frames flagged: **{n_flag} / {out.n_frames}**; tiles touching a flagged window: {len(flagged_tiles)}",
+          f"- report: `{abspath(md_path)}`", f"- dataset: `{where}/audit`", ""]
+    md += [f"- frame {t} tile {k}" for t, k in flagged_tiles[:20]]
+    # the frames the report drew, in its order (flagged first, most significant first)
+    order = sorted(range(int(res.flagged.shape[0])), key=lambda b: (not bool(res.flagged[b]), float(res.p_value[b])))
+    pictures = [report_dir / f"audit_sample_{b}.png" for b in order]
+    md += ["", "## Pictures", "", "Per frame: measurement, reconstruction, normalised residual (noise sd), −log₁₀ p of "
+           "sliding windows, flagged regions over the reconstruction (flagged frames first).", ""]
+    for q in pictures[: p.max_figures]:
+        if q.is_file():
+            md += [f"### frame {q.stem.rsplit('_', 1)[-1]}", "", png_markdown(q, q.stem), ""]
+    md += ["### χ²_ν against its expected density", "", png_markdown(report_dir / "audit_chi2_hist.png", "chi2 histogram")]
+    create_markdown_artifact("\n".join(md), key=artifact_key("audit", out.path),
+                             description=f"hallucination audit: {n_flag}/{out.n_frames} frames flagged — {where}")

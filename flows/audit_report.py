@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 
 from ddiff.audit import AuditResult, UncertaintyResult, scaled_chi2_pdf
 
-__all__ = ["render_audit_report", "summary_markdown"]
+__all__ = ["render_audit_report", "summary_markdown", "frame_rows"]
 
 
 def _np(t) -> np.ndarray:
@@ -63,6 +63,23 @@ def _signed_normalised_residual(result: AuditResult, b: int) -> np.ndarray | Non
     signed = sign * d.clamp_min(0).sqrt()
     rms = signed.pow(2).mean(0).sqrt() * torch.sign(signed.sum(0))
     return _np(rms)
+
+
+def frame_rows(result: AuditResult, names: list[str] | None = None) -> list[dict]:
+    """One JSON-ready row per audited sample (frame): ``chi2_nu`` with its null ``expected`` mean ± sd,
+    ``z``, ``p_misfit`` (upper tail), ``p_overfit`` (lower tail), ``tile_flag`` and
+    ``flagged_windows`` — the per-sample table of the report and of the Prefect table artifact."""
+    B = int(result.tile_flag.shape[0])
+    names = names or [str(b) for b in range(B)]
+    rows = []
+    for b in range(B):
+        m = max(float(result.dof[b]), 1.0)
+        rows.append({"sample": names[b], "chi2_nu": round(float(result.chi2_nu[b]), 4),
+                     "expected": f"{float(result.stat_mean[b]) / m:.3f} ± {float(result.stat_std[b]) / m:.3f}",
+                     "z": round(float(result.z[b]), 2), "p_misfit": float(f"{float(result.p_value[b]):.3g}"),
+                     "p_overfit": float(f"{float(result.p_value_low[b]):.3g}"), "tile_flag": bool(result.tile_flag[b]),
+                     "flagged_windows": (int(result.region_flag[b].sum()) if result.region_flag is not None else None)})
+    return rows
 
 
 def summary_markdown(result: AuditResult, unc: UncertaintyResult | None = None) -> str:
@@ -237,14 +254,10 @@ def render_audit_report(
     md += ["", "## Per sample", "",
            "| sample | χ²_ν | expected | z | p (misfit) | p (overfit) | tile flag | flagged windows |",
            "|---|---|---|---|---|---|---|---|"]
-    for b in range(min(B, 200)):
-        m = float(result.dof[b])
-        exp_sd = float(result.stat_std[b]) / max(m, 1)
-        exp_mean = float(result.stat_mean[b]) / max(m, 1)
-        nwin = int(result.region_flag[b].sum()) if result.region_flag is not None else "—"
-        md.append(f"| {names[b]} | {float(result.chi2_nu[b]):.4f} | {exp_mean:.3f} ± {exp_sd:.3f} | "
-                  f"{float(result.z[b]):+.2f} | {float(result.p_value[b]):.3g} | {float(result.p_value_low[b]):.3g} | "
-                  f"{'**yes**' if bool(result.tile_flag[b]) else 'no'} | {nwin} |")
+    for r in frame_rows(result, names)[:200]:
+        nwin = "—" if r["flagged_windows"] is None else r["flagged_windows"]
+        md.append(f"| {r['sample']} | {r['chi2_nu']:.4f} | {r['expected']} | {r['z']:+.2f} | {r['p_misfit']:.3g} | "
+                  f"{r['p_overfit']:.3g} | {'**yes**' if r['tile_flag'] else 'no'} | {nwin} |")
     if B > 200:
         md.append(f"| … | {B - 200} more rows in the diagnostics dataset | | | | | | |")
     md += ["", "## Figures", "", "![χ² histogram](audit_chi2_hist.png)", "",

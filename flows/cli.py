@@ -101,13 +101,17 @@ def cmd_ingest(a) -> int:
     intensity = a.intensity
     if "," in intensity:
         intensity = [float(v) for v in intensity.split(",")]
+    pixel = None if a.pixel_size is None else [float(v) for v in a.pixel_size.split(",")]
     p = IngestParams(source=a.source, store=a.store, axes=a.axes, chunk=a.chunk, intensity=intensity,
-                     nonfinite=a.nonfinite, overwrite=a.overwrite, domain=a.domain, angles=a.angles, mask=a.mask,
-                     image_size=a.image_size, oversample=a.oversample)
+                     nonfinite=a.nonfinite, overwrite=a.overwrite, pixel_size=pixel, z_step=a.z_step,
+                     time_step=a.time_step, space_unit=a.space_unit, time_unit=a.time_unit, domain=a.domain,
+                     angles=a.angles, mask=a.mask, image_size=a.image_size, oversample=a.oversample)
     with _spinner(f"ingesting {a.source}", not a.no_progress):
         info = ingest_stack(p)
-    _console().print(f"[green]ingested[/green] {info['store']}  shape (t,c,y,x) {info['shape']}  {info['dtype']}"
-                     + (f"  ({a.domain}; reconstructed on the image grid the store records)" if a.domain != "image" else ""))
+    _console().print(f"[green]ingested[/green] {info['store']}  axes {info['axes']} {info['sizes']}  {info['dtype']}  "
+                     f"pixel {info['scale']} {info['units']} (from {info['geometry_source']})"
+                     + (f"  ({a.domain}: solved as whole frames on the image grid the store records)"
+                        if a.domain != "image" else ""))
     return 0
 
 
@@ -221,7 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Stream SOURCE into the OME-Zarr store STORE (flow ingest_stack).")
     sp.add_argument("source")
     sp.add_argument("store")
-    sp.add_argument("--axes", default=None, help="axes of .npy/HDF5 sources, letters of tcyx (e.g. tyx)")
+    sp.add_argument("--axes", default=None, help="the source's axes in its own order, letters of TCZYX (e.g. ZYX, "
+                    "TZCYX); default: from OME-TIFF/ImageJ metadata or HDF5 dimension labels")
+    sp.add_argument("--pixel-size", default=None, help="Y,X (or one value) physical pixel size; default: from the file")
+    sp.add_argument("--z-step", type=float, default=None, help="physical z spacing; default: from the file")
+    sp.add_argument("--time-step", type=float, default=None, help="time between frames; default: from the file")
+    sp.add_argument("--space-unit", default=None, help="e.g. micrometer, nanometer (default: from the file)")
+    sp.add_argument("--time-unit", default=None, help="e.g. second, millisecond (default: from the file)")
     sp.add_argument("--chunk", type=int, default=256)
     sp.add_argument("--intensity", default="percentile", help="percentile | minmax | dtype | LOW,HIGH")
     sp.add_argument("--nonfinite", default="refuse", choices=["refuse", "mask"])

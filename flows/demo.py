@@ -1,6 +1,6 @@
 """The README's main job: ``ddiff demo`` — degrade, ingest, reconstruct, audit, report; offline, CPU.
 
-Room: ``flows`` — numpy, torch, ``operators``, ``ddiff.metrics``, ``storage``, the flows and
+Room: ``flows`` — numpy, torch, prefect, ``operators``, ``ddiff.metrics``, ``storage``, the flows and
 :mod:`flows.console` (progress bars, solver options; never :mod:`flows.cli`); the images come from
 scikit-image's bundled data through ``flows.sample_data.sample_images`` (the same loader and the
 same held-out split as the default prior's training: the demo frames are cut from the HELD-OUT
@@ -19,9 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .console import _LedgerProgress, _solver_options, _spinner
+from prefect import flow, tags, task
+from prefect.cache_policies import NO_CACHE
 
-__all__ = ["heldout_images", "make_demo_stack", "DEMO_OPERATOR"]
+from .console import _LedgerProgress, _solver_options, _spinner
+from .ui import flow_run_namer, run_tags, tag_this_run
+
+__all__ = ["heldout_images", "make_demo_stack", "demo_pipeline", "DEMO_OPERATOR"]
 
 #: the demo's degradation: the paper's Gaussian blur family at a smaller kernel (halo 12 px)
 DEMO_OPERATOR = {"name": "gaussian_blur", "params": {"kernel_size": 25, "std": 2.0}}
@@ -66,6 +70,55 @@ def make_demo_stack(folder, frames: int = 8, size: int = 128, sigma: float = 0.0
             "operator": operator, "sigma": sigma}
 
 
+_generate = task(name="generate-degraded-stack", task_run_name="generate {frames} degraded frames", persist_result=False,
+                 cache_policy=NO_CACHE)(make_demo_stack)
+
+
+def _demo_label(params: dict) -> str:
+    return f"{params.get('frames')} frames {params.get('size')}px"
+
+
+@flow(name="ddiff-demo", persist_result=False, flow_run_name=flow_run_namer("demo", "folder", _demo_label))
+def demo_pipeline(folder: str, frames: int = 8, size: int = 128, sigma: float = 0.05, seed: int = 0,
+                  prior: str = "default", solver: dict | None = None, tile: int = 128, overlap: int = 8,
+                  execution: dict | None = None, progress: bool = False) -> dict:
+    """``ddiff demo`` as ONE parent flow run: generate -> ingest -> reconstruct -> audit, each stage a
+    child run (named from the data, tagged operator/solver/prior/user). Returns the stages' results
+    and their wall times."""
+    from . import audit_reconstruction, ingest_stack, reconstruct_stack
+    from .params import AuditParams, IngestParams, ReconstructParams
+
+    root = Path(folder).resolve()
+    solver = solver or {"name": "ddiff"}
+    run = run_tags(operator=DEMO_OPERATOR["name"], solver=solver.get("name", "ddiff"), prior=prior) + ["demo"]
+    tag_this_run(run)
+    stamps = {}
+    with tags(*run):
+        t = time.perf_counter()
+        with _spinner("generating the degraded stack", progress):
+            data = _generate(root / "data", frames=frames, size=size, sigma=sigma, seed=seed)
+        stamps["generate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with _spinner("ingesting", progress):
+            ingest_stack(IngestParams(source=data["degraded"], store=str(root / "input.zarr"), axes="tcyx",
+                                      intensity=[0.0, 1.0], chunk=size, overwrite=True))
+        stamps["ingest"] = time.perf_counter() - t
+        p = ReconstructParams(
+            input_store=str(root / "input.zarr"), output_store=str(root / "recon.zarr"), operator=data["operator"],
+            noise={"kind": "gaussian", "sigma": sigma}, prior=prior, solver=solver, tile=tile, overlap=overlap,
+            seed=seed, execution=execution or {}, overwrite=True)
+        t = time.perf_counter()
+        with _LedgerProgress(p.output_store, "tiles solved", progress):
+            rec = reconstruct_stack(p)
+        stamps["reconstruct"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with _spinner("auditing", progress):
+            aud = audit_reconstruction(AuditParams(output_store=p.output_store))
+        stamps["audit"] = time.perf_counter() - t
+    return {"data": data, "input": p.input_store, "output": p.output_store, "reconstruct": rec, "audit": aud,
+            "stamps": stamps}
+
+
 def run_demo(a) -> int:
     """``ddiff demo`` (arguments from :func:`flows.cli.build_parser`): the whole pipeline, timed."""
     from rich.console import Console
@@ -76,46 +129,28 @@ def run_demo(a) -> int:
 
     import storage
 
-    from . import audit_reconstruction, ingest_stack, reconstruct_stack
-    from .params import AuditParams, IngestParams, ReconstructParams
-
     con = Console()
     t_start = time.perf_counter()
     root = Path(a.dir).resolve()
     if a.prior == "default" and not DEFAULT_WEIGHTS.is_file():
         raise FileNotFoundError(f"the embedded default prior is not installed ({DEFAULT_WEIGHTS} is missing); "
                                 "run the demo with --prior PATH/TO/prior.safetensors (e.g. one made by `ddiff train`)")
-    stamps = {}
-    t = time.perf_counter()
-    with _spinner("generating the degraded stack", not a.no_progress):
-        data = make_demo_stack(root / "data", frames=a.frames, size=a.size, sigma=a.sigma, seed=a.seed)
-    stamps["generate"] = time.perf_counter() - t
-    t = time.perf_counter()
-    with _spinner("ingesting (and starting Prefect)", not a.no_progress):
-        ingest_stack(IngestParams(source=data["degraded"], store=str(root / "input.zarr"), axes="tcyx",
-                                  intensity=[0.0, 1.0], chunk=a.size, overwrite=True))
-    stamps["ingest"] = time.perf_counter() - t
-    p = ReconstructParams(
-        input_store=str(root / "input.zarr"), output_store=str(root / "recon.zarr"), operator=data["operator"],
-        noise={"kind": "gaussian", "sigma": a.sigma}, prior=a.prior,
-        solver=_solver_options(a), tile=a.tile, overlap=a.overlap,
-        seed=a.seed, execution={"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size,
-                                "max_workers": a.workers, "torch_threads": a.threads, "dask_address": a.dask_address,
-                                "dask_workers": a.dask_workers, "gpu_limit": a.gpu_limit},
-        overwrite=True)
-    t = time.perf_counter()
-    with _LedgerProgress(p.output_store, "tiles solved", not a.no_progress):
-        rec = reconstruct_stack(p)
-    stamps["reconstruct"] = time.perf_counter() - t
-    t = time.perf_counter()
-    with _spinner("auditing", not a.no_progress):
-        aud = audit_reconstruction(AuditParams(output_store=p.output_store))
-    stamps["audit"] = time.perf_counter() - t
+    if not a.no_progress:
+        con.print("[dim]starting the Prefect run `ddiff-demo` (without PREFECT_API_URL a temporary server starts "
+                  "first: ~10 s)[/dim]")
+    r = demo_pipeline(str(root), frames=a.frames, size=a.size, sigma=a.sigma, seed=a.seed, prior=a.prior,
+                      solver=_solver_options(a), tile=a.tile, overlap=a.overlap,
+                      execution={"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size,
+                                 "max_workers": a.workers, "torch_threads": a.threads,
+                                 "dask_address": a.dask_address, "dask_workers": a.dask_workers,
+                                 "gpu_limit": a.gpu_limit},
+                      progress=not a.no_progress)
+    data, rec, aud, stamps = r["data"], r["reconstruct"], r["audit"], r["stamps"]
 
-    out = storage.open_output(p.output_store)
+    out = storage.open_output(r["output"])
     truth = torch.from_numpy(2 * np.load(data["truth"]) - 1)
     deg = torch.from_numpy(2 * np.load(data["degraded"]) - 1)
-    x = torch.from_numpy(out.intensity.to_model(np.asarray(out.group()["recon/0"][:])))
+    x = torch.from_numpy(out.intensity.to_model(out.recon()[:]))
     p_deg, p_rec = psnr(deg, truth), psnr(x.clamp(-1, 1), truth)
     flagged = {}
     for fr, k in aud["tiles_flagged"]:
@@ -131,7 +166,7 @@ def run_demo(a) -> int:
                 f"{float(np.mean(aud['chi2_nu'])):.3f}", f"{sum(flagged.values())}/{out.plan.n_tiles * a.frames}")
     con.print(tab)
     total = time.perf_counter() - t_start
-    con.print(f"input store   {p.input_store}\nreconstruction {p.output_store}  (recon/0, diagnostics/, audit/)\n"
+    con.print(f"input store   {r['input']}\nreconstruction {r['output']}  (OME-NGFF image at the root + labels/audit_flags; diagnostics/, audit/)\n"
               f"audit report  {aud['report']}\ntruth / degraded  {data['truth']} / {data['degraded']}")
     con.print(f"times: " + ", ".join(f"{k} {v:.1f}s" for k, v in stamps.items())
               + f"; solver {rec['solver_seconds']:.1f}s; total {total:.1f}s "

@@ -38,7 +38,8 @@ from ddiff.metrics import chi2_reduced
 from . import tiles as T
 from .measure import MeasurementMap, measurement_operator
 from .params import ReconstructParams
-from .reconstruct import _not_injected, _task_runner, artifact_key, frame_table, solver_config, summary_markdown
+from .reconstruct import _batch_run_name, _not_injected, _task_runner, frame_table, solver_config, summary_markdown
+from .ui import abspath, artifact_key, batch_label, flow_run_namer
 
 __all__ = ["FrameOperator", "frame_batches", "solve_frame_batch", "reconstruct_frames", "frame_chi2_flags",
            "audit_inputs"]
@@ -140,13 +141,13 @@ def frame_config(p: ReconstructParams, stack: storage.Stack, meas: dict) -> tupl
 
 
 @task(name="solve-frame-batch", persist_result=False, cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1,
-      retry_condition_fn=_not_injected)
+      retry_condition_fn=_not_injected, task_run_name=_batch_run_name)
 def solve_frames_task(desc: dict) -> dict:
     """One batch of whole frames; see :func:`solve_frame_batch`."""
     return solve_frame_batch(desc)
 
 
-@flow(name="solve-frames", persist_result=False)
+@flow(name="solve-frames", persist_result=False, flow_run_name=flow_run_namer("solve frames of", "params.output_store"))
 def solve_frames_stage(params: ReconstructParams, run_id: str, artifact_id: str | None = None) -> dict:
     """One task per pending batch of frames; the descriptors are rebuilt from manifest and ledger."""
     p, logger = params, get_run_logger()
@@ -154,11 +155,13 @@ def solve_frames_stage(params: ReconstructParams, run_id: str, artifact_id: str 
     led, total = out.ledger, out.n_frames
     already = led.count("solved")
     descs = []
-    for frames in frame_batches(out.n_frames, p.execution.batch_size):
+    batches = frame_batches(out.n_frames, p.execution.batch_size)
+    for i, frames in enumerate(batches):
         done = [f for f in frames if led.is_done(f, 0, "solved")]
         if len(done) < len(frames):
             descs.append({"input": out.manifest["input"]["path"], "output": str(out.path.resolve()), "run_id": run_id,
                           "frames": frames, "done": done, "config": out.manifest["config"],
+                          "label": batch_label([[f, 0] for f in frames], i, len(batches)),
                           "device": p.execution.device, "dtype": p.execution.dtype,
                           "torch_threads": p.execution.torch_threads, "gpu_limit": p.execution.gpu_limit})
     if p.fail_after_tiles is not None:  # testing hook: stop after the k-th new frame
@@ -212,9 +215,12 @@ def frame_chi2_flags(out: storage.OutputStore, alpha: float = 0.01) -> list[tupl
     return [(int(t), int(k), float(chi[t, k]), float(p[t, k])) for t, k in zip(*np.nonzero(p < alpha))]
 
 
-def reconstruct_frames(p: ReconstructParams) -> dict:
-    """The whole-frame path of ``reconstruct_stack`` (called inside that flow); same result dict."""
+def reconstruct_frames(p: ReconstructParams, state: dict) -> dict:
+    """The whole-frame path of ``reconstruct_stack`` (called inside that flow); same result dict.
+    ``state["progress"]``: the progress artifact's id (for the failure summary)."""
     from prefect.runtime import flow_run
+
+    from .run_report import frame_fit_rows, publish_fit_table
 
     logger = get_run_logger()
     t0 = time.perf_counter()
@@ -235,7 +241,8 @@ def reconstruct_frames(p: ReconstructParams) -> dict:
         if p.artifacts:
             art = create_progress_artifact(progress=100.0 * already / max(total, 1),
                                            key=artifact_key("reconstruct-progress", p.output_store),
-                                           description=f"frames solved in {out.path.name}")
+                                           description=f"frames solved in {abspath(out.path)}")
+            state["progress"] = art
         stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": []}
         if already < total or p.fail_after_tiles is not None:
             stage = solve_frames_stage.with_options(task_runner=_task_runner(p))(p, lock.run_id,
@@ -243,16 +250,18 @@ def reconstruct_frames(p: ReconstructParams) -> dict:
         storage.finalize(out, run_id=lock.run_id)
     finally:
         lock.release()
-    result = {"output": str(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
+    result = {"output": abspath(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
               "skipped": already, "wall_seconds": time.perf_counter() - t0, "solver_seconds": stage["solver_seconds"],
               "nfe": stage["nfe"], "complete": True, "worker_pids": stage["pids"]}
     if p.artifacts:
-        md = summary_markdown(p, out, result, frame_table(out), frame_chi2_flags(out))
+        fit = frame_fit_rows(out.path)
+        publish_fit_table(out.path, fit)
+        md = summary_markdown(p, out, result, frame_table(out), frame_chi2_flags(out), fit)
         md += (f"\n\nWhole frames: {meas['domain']} measurements of `{meas['operator']['name']}` reconstructed on the "
                f"{meas['image_shape']} image grid; σ is in the measurement's units; residuals in `diagnostics/residual` "
                "are on the measurement grid.")
         create_markdown_artifact(md, key=artifact_key("reconstruct-summary", p.output_store),
-                                 description="reconstruction summary")
+                                 description=f"reconstruction summary: {abspath(out.path)}")
     logger.info("done: %s", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()})
     return result
 
@@ -262,6 +271,6 @@ def audit_inputs(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: in
     meas = out.manifest["measurement"]
     op = measurement_operator(meas)
     mm = MeasurementMap(meas, out.intensity, op)
-    x = torch.from_numpy(out.intensity.to_model(np.asarray(out.group("r")["recon/0"][t0:t1])))
+    x = torch.from_numpy(out.intensity.to_model(out.recon()[t0:t1]))
     y = mm.to_model(torch.from_numpy(np.asarray(stack.array[t0:t1])))
     return x, y, op, operators.GaussianNoise(mm.sigma_to_model(out.manifest["config"]["noise"]["sigma"]))

@@ -5,38 +5,52 @@ atomic); the flow adds parameters validation, logging and a markdown artifact.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 import storage
 
 from .params import IngestParams
+from .ui import abspath, artifact_key, flow_run_namer
 
 __all__ = ["ingest_stack"]
 
 
-@flow(name="ingest-stack", persist_result=False)
-def ingest_stack(params: IngestParams, artifacts: bool = True) -> dict:
-    """Ingest ``params.source`` into ``params.store``; returns ``{"store", "shape", "dtype", "data_sha256", "seconds"}``."""
-    from .reconstruct import artifact_key
+def _source(params: dict):
+    p = params.get("params")
+    return p.get("source") if isinstance(p, dict) else getattr(p, "source", "")
 
+
+@flow(name="ingest-stack", persist_result=False,
+      flow_run_name=flow_run_namer("ingest", "params.store", lambda prm: f"from {Path(str(_source(prm))).name}"))
+def ingest_stack(params: IngestParams, artifacts: bool = True) -> dict:
+    """Ingest ``params.source`` into ``params.store``; returns ``{"store", "shape" (frames N, C, H, W), "axes", "sizes", "scale",
+    "units", "geometry_source", "dtype", "data_sha256", "seconds"}``."""
     p = params if isinstance(params, IngestParams) else IngestParams.model_validate(params)
     logger = get_run_logger()
     intensity = tuple(p.intensity) if isinstance(p.intensity, (list, tuple)) else p.intensity
-    if p.domain != "image":  # measurements of a global operator: see flows.measure
+    pixel = None if p.pixel_size is None else (p.pixel_size[0] if len(p.pixel_size) == 1 else tuple(p.pixel_size))
+    geometry = dict(pixel_size=pixel, z_step=p.z_step, time_step=p.time_step, space_unit=p.space_unit,
+                    time_unit=p.time_unit)
+    if p.domain != "image":  # measurements of a global operator, solved per frame: see flows.measure
         from .measure import ingest_measurements
 
-        st = ingest_measurements(p)
+        st = ingest_measurements(p, **geometry)
     else:
         st = storage.ingest(p.source, p.store, axes=p.axes, chunk=p.chunk, intensity=intensity,
-                            nonfinite=p.nonfinite, overwrite=p.overwrite)
-    info = {"store": str(st.path), "shape": list(st.shape), "dtype": str(st.dtype),
+                            nonfinite=p.nonfinite, overwrite=p.overwrite, **geometry)
+    info = {"store": str(st.path), "shape": list(st.shape), "dtype": str(st.dtype), "axes": st.axes,
+            "sizes": dict(zip(st.layout.axes, st.layout.shape)), "scale": st.scale, "units": st.units,
+            "geometry_source": st.meta["geometry"]["source"],
             "data_sha256": st.meta["data_sha256"], "seconds": st.meta.get("seconds")}
     logger.info("ingested %s -> %s %s %s in %ss", p.source, st.path, st.shape, st.dtype, info["seconds"])
     if artifacts:
         create_markdown_artifact(
-            f"# ingest\n\n- source: `{p.source}`\n- store: `{st.path}`\n- shape (t, c, y, x): {list(st.shape)}, "
-            f"dtype {st.dtype}\n- intensity map: `{st.intensity.to_dict()}`\n- data sha256: `{info['data_sha256']}`\n"
+            f"# ingest\n\n- source: `{abspath(p.source)}`\n- store: `{abspath(st.path)}`\n- axes `{st.axes}` sizes {info['sizes']}, "
+            f"dtype {st.dtype}; {st.n_frames} frames (t, z planes)\n- physical steps {st.scale} {st.units} "
+            f"(from {info['geometry_source']})\n- intensity map: `{st.intensity.to_dict()}`\n- data sha256: `{info['data_sha256']}`\n"
             + (f"- measurements: {p.domain} of `{st.meta['measurement']['operator']['name']}`, image grid "
                f"{st.meta['measurement']['image_shape']}\n" if p.domain != "image" else ""),
             key=artifact_key("ingest", p.store), description="ingest summary")

@@ -189,13 +189,17 @@ def _sampling_mask(mask_path: str | None, sample: np.ndarray) -> np.ndarray:
     return m
 
 
-def ingest_measurements(p) -> storage.Stack:
-    """Ingest a measurement-domain source (``IngestParams`` with ``domain != "image"``)."""
+def ingest_measurements(p, **geometry) -> storage.Stack:
+    """Ingest a measurement-domain source (``IngestParams`` with ``domain != "image"``); ``geometry``:
+    the physical-step keywords of :func:`storage.ingest`."""
     from storage.readers import open_source
 
     reader = open_source(p.source, axes=p.axes)
     try:
-        T, C, h, w = reader.shape
+        T, C, h, w = reader.layout.frames_shape
+        if "z" in reader.layout.axes and reader.layout.sizes["z"] > 1:
+            raise ValueError(f"{p.domain} measurements are 2-D per frame; the source has a z axis "
+                             f"({reader.layout.axes}): give --axes with t for the frames")
         sample = reader.read(0, min(T, 8))
     finally:
         reader.close()
@@ -238,4 +242,5 @@ def ingest_measurements(p) -> storage.Stack:
                          "range LOW,HIGH, or leave the default (estimated from the classical reconstruction)")
     meas["intensity_source"] = "user" if isinstance(p.intensity, (list, tuple)) else "estimated"
     return storage.ingest(p.source, p.store, axes=p.axes, chunk=max(h, w), shard=None, intensity=intensity,
-                          nonfinite=p.nonfinite, overwrite=p.overwrite, measurement=meas, extra_arrays=extra)
+                          nonfinite=p.nonfinite, overwrite=p.overwrite, measurement=meas, extra_arrays=extra,
+                          **geometry)

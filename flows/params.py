@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 __all__ = ["OperatorSpec", "NoiseSpec", "SolverSpec", "ExecutionSpec", "IngestParams", "ReconstructParams",
            "AuditParams", "TrainParams", "BenchmarkParams", "BENCH_PRESETS", "SOLVER_NAMES", "PAPER_TASKS"]
@@ -140,7 +141,13 @@ class ExecutionSpec(_Model):
 class IngestParams(_Model):
     source: str = Field(..., description="TIFF/OME-TIFF, .npy, folder of frames, or file.h5:/dataset")
     store: str = Field(..., description="OME-Zarr input store to create")
-    axes: Optional[str] = Field(None, description="axes of .npy/HDF5 sources, letters of 'tcyx'")
+    axes: Optional[str] = Field(None, description="the source's axes in its own order, letters of 'tczyx' "
+                                                  "(e.g. 'zyx', 'TZCYX'); default: from the file's metadata")
+    pixel_size: Optional[list[float]] = Field(None, description="[y, x] (or [s]) physical pixel size; default: the file's")
+    z_step: Optional[float] = Field(None, gt=0, description="physical z spacing; default: the file's")
+    time_step: Optional[float] = Field(None, gt=0, description="time between frames; default: the file's")
+    space_unit: Optional[str] = Field(None, description="OME-NGFF space unit, e.g. micrometer")
+    time_unit: Optional[str] = Field(None, description="OME-NGFF time unit, e.g. second")
     chunk: int = Field(256, ge=8)
     intensity: Any = Field("percentile", description="'percentile', 'minmax', 'dtype' or [low, high]")
     nonfinite: Literal["refuse", "mask"] = "refuse"
@@ -189,7 +196,9 @@ class ReconstructParams(_Model):
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     overwrite: bool = Field(False, description="replace an output written with a different configuration")
     artifacts: bool = Field(True, description="publish progress/summary artifacts")
-    fail_after_tiles: Optional[int] = Field(None, ge=0, description="TESTING: stop with an error after this many tiles are written")
+    # testing hook, left out of the JSON schema: deployment forms in the Prefect UI never show it
+    fail_after_tiles: SkipJsonSchema[Optional[int]] = Field(
+        None, ge=0, description="TESTING: stop with an error after this many tiles are written")
 
     @field_validator("input_store")
     @classmethod

@@ -10,7 +10,7 @@ What happens (one flow run)::
                prefect-dask): one task per batch of B tiles (one network call per step for the
                batch), retried on failure; tasks get descriptors, never arrays; batches whose
                tiles are all in the ledger are skipped (resume)
-    assemble   one task per frame: blend staged tiles into recon/0
+    assemble   one task per frame: blend staged tiles into the root image (level 0), then its pyramid
     finalize   COMPLETE marker, summary markdown artifact, a small result dict
 
 Nothing array-valued goes to the Prefect database: results are not persisted and every task
@@ -19,13 +19,12 @@ limit ``execution.gpu_limit`` (``strict=True``) when the device is CUDA.
 """
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
@@ -36,14 +35,9 @@ from ddiff.priors.loading import NAMED_WEIGHTS
 
 from . import tiles as T
 from .params import ReconstructParams
+from .ui import abspath, artifact_key, batch_label, ensure_gpu_limit, flow_run_namer, run_tags, tag_this_run
 
 __all__ = ["reconstruct_stack", "run_config", "artifact_key"]
-
-
-def artifact_key(prefix: str, path: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits, dashes) derived from a store path."""
-    name = re.sub(r"[^a-z0-9]+", "-", Path(path).name.lower()).strip("-") or "store"
-    return f"{prefix}-{name}"[:100]
 
 
 def _not_injected(task, task_run, state) -> bool:
@@ -57,14 +51,19 @@ def _not_injected(task, task_run, state) -> bool:
     return True
 
 
-@task(name="solve-tile-batch", persist_result=False, cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1,
+def _batch_run_name(parameters: dict) -> str:
+    d = parameters.get("desc") or {}
+    return "solve " + (d.get("label") or batch_label(d.get("items") or []))
+
+
+@task(name="solve-tile-batch", task_run_name=_batch_run_name, persist_result=False, cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1,
       retry_condition_fn=_not_injected)
 def solve_tiles(desc: dict) -> dict:
     """One batch of tiles (descriptor in, small dict out); see :func:`flows.tiles.solve_batch`."""
     return T.solve_batch(desc)
 
 
-@task(name="assemble-frame", persist_result=False, cache_policy=NO_CACHE, retries=1)
+@task(name="assemble-frame", task_run_name="assemble frame {frame}", persist_result=False, cache_policy=NO_CACHE, retries=1)
 def assemble_frame(output: str, frame: int, run_id: str) -> int:
     return storage.assemble_frame(output, frame, run_id=run_id)
 
@@ -89,7 +88,7 @@ def run_config(p: ReconstructParams) -> tuple[dict, "T.Geometry", int, str]:
 
 
 def solver_config(p: ReconstructParams, op_name: str, op_params: dict, prior_path: str) -> dict:
-    """The hashed run configuration shared by the tiled and the whole-frame paths."""
+    """The hashed run configuration shared by the tiled and the whole-frame (:mod:`flows.frames`) paths."""
     config = {
         "operator": {"name": op_name, "params": op_params},
         "noise": p.noise.model_dump(),
@@ -110,18 +109,19 @@ def _descriptors(p: ReconstructParams, out: storage.OutputStore, config: dict, r
     batches = T.group_batches(out.plan, out.n_frames, p.execution.batch_size, int(out.manifest["scale"]), down)
     led = out.ledger
     descs = []
-    for items in batches:
+    for i, items in enumerate(batches):
         done = [it for it in items if led.is_done(it[0], it[1], "solved")]
         if len(done) == len(items):
             continue
         descs.append({"input": str(Path(p.input_store).resolve()), "output": str(out.path.resolve()),
                       "run_id": run_id, "items": items, "done": done, "config": config,
+                      "label": batch_label(items, i, len(batches)),
                       "device": p.execution.device, "dtype": p.execution.dtype,
                       "torch_threads": p.execution.torch_threads, "gpu_limit": p.execution.gpu_limit})
     return descs
 
 
-@flow(name="solve-tiles", persist_result=False)
+@flow(name="solve-tiles", persist_result=False, flow_run_name=flow_run_namer("solve tiles of", "params.output_store"))
 def solve_stage(params: ReconstructParams, run_id: str, artifact_id: str | None = None) -> dict:
     """Submit one task per pending batch on this flow's task runner; track progress as batches finish.
 
@@ -148,7 +148,8 @@ def solve_stage(params: ReconstructParams, run_id: str, artifact_id: str | None 
             left -= n_new
         descs = cut
     task = solve_tiles.with_options(retries=p.execution.retries)
-    futures = [task.submit(d) for d in descs]
+    with tags(*run_tags(operator=p.operator.name, solver=p.solver.name, prior=p.prior)):
+        futures = [task.submit(d) for d in descs]
     done_tiles, solver_s, nfe, errors, pids = already, 0.0, 0, [], set()
     for fut in as_completed(futures):
         try:
@@ -225,9 +226,13 @@ def settings_text(config: dict) -> str:
 
 
 def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dict, rows: list[dict],
-                     flags: list) -> str:
+                     flags: list, fit: list[dict] | None = None) -> str:
+    """The run summary (markdown). ``rows``: :func:`frame_table` (the solver's tile χ²_ν); ``fit``:
+    :func:`flows.run_report.frame_fit_rows` (the frame χ²_ν, the audit's definition)."""
+    fit_by = {r["frame"]: r for r in fit or []}
     lines = ["# ddiff reconstruction", "",
-             f"- input: `{p.input_store}`", f"- output: `{out.path}` (recon: `recon/0`, diagnostics: `diagnostics/`)",
+             f"- input: `{abspath(p.input_store)}`", f"- output: `{abspath(out.path)}` (OME-NGFF image at the root, {out.levels} pyramid levels, axes "
+             f"`{out.layout.axes}`; diagnostics: `diagnostics/`)",
              f"- operator: `{p.operator.name}` {p.operator.params or ''}; noise: `{p.noise.kind}` σ={p.noise.sigma:g}",
              f"- prior: `{p.prior}`; solver: `{p.solver.name}` {out.manifest['config']['hyperparameters']}",
              f"- {settings_text(out.manifest['config'])}",
@@ -235,38 +240,75 @@ def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dic
              f"{out.plan.overlap}, halo {out.plan.halo}); batch {p.execution.batch_size}; device `{p.execution.device}`",
              f"- this run: {result['solved']} tiles solved, {result['skipped']} already done (resume); "
              f"wall {result['wall_seconds']:.1f}s, solver {result['solver_seconds']:.1f}s", "",
-             "| frame | mean χ²_ν | max χ²_ν | solver s |", "|---|---|---|---|"]
+             "| frame | χ²_ν (frame) | expected | p (misfit) | tile χ²_ν mean | tile χ²_ν max | solver s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows[:200]:
-        lines.append(f"| {r['frame']} | {r['chi2_mean']:.3f} | {r['chi2_max']:.3f} | {r['seconds']:.2f} |")
-    lines += ["", f"**Tiles with implausible χ²_ν (p < 0.01): {len(flags)}**", ""]
+        f = fit_by.get(r["frame"], {})
+        frame_chi = f"{f['chi2_nu']:.4f}" if f else "—"
+        lines.append(f"| {r['frame']} | {frame_chi} | {f.get('expected', '—')} | {f.get('p_misfit', '—')} | "
+                     f"{r['chi2_mean']:.4f} | {r['chi2_max']:.4f} | {r['seconds']:.2f} |")
+    lines += ["", "*χ²_ν (frame)* is the number the audit and `ddiff demo` report: the assembled frame re-measured, "
+              "entries within the operator's halo of the frame edge left out. *tile χ²_ν* is each tile's own fit "
+              "(blend window, against its reflect-padded read window, edge included) — what the self-calibrated data "
+              "step drives to τ; the two differ by a few percent (docs/audit.md §1).",
+              "", f"**Tiles with implausible tile χ²_ν (p < 0.01): {len(flags)}**", ""]
     for t, k, c, pv in flags[:50]:
         lines.append(f"- frame {t} tile {k}: χ²_ν = {c:.3f} (p = {pv:.2g})")
-    lines += ["", "Run `ddiff audit` (flow `audit_reconstruction`) for the regional hallucination audit."]
+    lines += ["", "Run `ddiff audit` (flow `audit-reconstruction`) for the regional hallucination audit."]
     return "\n".join(lines)
 
 
-@flow(name="reconstruct-stack", persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def _frames_label(params: dict) -> str:
+    inp = params.get("params")
+    inp = inp.get("input_store") if isinstance(inp, dict) else getattr(inp, "input_store", None)
+    n = storage.open_stack(inp).shape[0]
+    return f"{n} frame{'s' if n != 1 else ''} from {Path(inp).name}"
+
+
+@flow(name="reconstruct-stack", persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=2),
+      flow_run_name=flow_run_namer("reconstruct", "params.output_store", _frames_label))
 def reconstruct_stack(params: ReconstructParams) -> dict:
     """Reconstruct every frame of ``params.input_store`` into ``params.output_store``.
 
     Resumable: rerun with the same parameters to finish an interrupted run (done tiles are skipped,
     results are bit-identical to an uninterrupted run). A different configuration is refused
     unless ``overwrite``; a concurrent run on the same output is refused (run lock).
+    A failed or interrupted run marks its progress artifact, publishes a failure summary (what
+    failed, what is safe, the resume command) and emits ``ddiff.run.failed`` (:mod:`flows.run_report`).
     Returns ``{"output", "n_frames", "n_tiles", "solved", "skipped", "wall_seconds",
     "solver_seconds", "nfe", "complete"}``.
     """
-    from prefect.runtime import flow_run
+    from .run_report import publish_failure
 
     p = params if isinstance(params, ReconstructParams) else ReconstructParams.model_validate(params)
+    tag_this_run(run_tags(operator=p.operator.name, solver=p.solver.name, prior=p.prior))
+    state: dict = {"progress": None}
+    try:
+        return _reconstruct(p, state)
+    except BaseException as exc:
+        if p.artifacts:
+            publish_failure(p, exc, state["progress"])
+        raise
+
+
+def _reconstruct(p: ReconstructParams, state: dict) -> dict:
+    from prefect.runtime import flow_run
+
+    from .run_report import frame_fit_rows, publish_fit_table
+
     if storage.measurement_of(p.input_store) is not None:  # sinograms, k-space, ...: whole frames
         from .frames import reconstruct_frames
 
-        return reconstruct_frames(p)
+        return reconstruct_frames(p, state)
     logger = get_run_logger()
     t0 = time.perf_counter()
     config, geo, _, prior_sha = run_config(p)
     # before a byte is written: the prior loads on the device and the solver accepts its keywords
     T.make_solver(config, T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype))
+    if p.execution.device.startswith("cuda") and p.execution.gpu_limit:
+        if ensure_gpu_limit(p.execution.gpu_limit):
+            logger.info("created the Prefect global concurrency limit %r (1 slot); more GPUs: prefect gcl update %s "
+                        "--limit N", p.execution.gpu_limit, p.execution.gpu_limit)
     out = storage.create_output(p.output_store, p.input_store, geo.plan, config, prior_sha256=prior_sha,
                                 scale=geo.scale, overwrite=p.overwrite)
     run_id = str(flow_run.id or "") or None
@@ -279,7 +321,8 @@ def reconstruct_stack(params: ReconstructParams) -> dict:
         if p.artifacts:
             art = create_progress_artifact(progress=100.0 * already / max(total, 1),
                                            key=artifact_key("reconstruct-progress", p.output_store),
-                                           description=f"tiles solved in {out.path.name}")
+                                           description=f"tiles solved in {abspath(out.path)}")
+            state["progress"] = art
         stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": []}
         if already < total or p.fail_after_tiles is not None:
             stage = solve_stage.with_options(task_runner=_task_runner(p))(p, lock.run_id,
@@ -290,14 +333,15 @@ def reconstruct_stack(params: ReconstructParams) -> dict:
         storage.finalize(out, run_id=lock.run_id)
     finally:
         lock.release()
-    result = {"output": str(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
+    result = {"output": abspath(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
               "skipped": already, "wall_seconds": time.perf_counter() - t0,
               "solver_seconds": stage["solver_seconds"], "nfe": stage["nfe"], "complete": True,
               "worker_pids": stage["pids"]}
     if p.artifacts:
-        rows, flags = frame_table(out), chi2_flags(out)
-        create_markdown_artifact(summary_markdown(p, out, result, rows, flags),
+        rows, flags, fit = frame_table(out), chi2_flags(out), frame_fit_rows(out.path)
+        publish_fit_table(out.path, fit)
+        create_markdown_artifact(summary_markdown(p, out, result, rows, flags, fit),
                                  key=artifact_key("reconstruct-summary", p.output_store),
-                                 description="reconstruction summary")
+                                 description=f"reconstruction summary: {abspath(out.path)}")
     logger.info("done: %s", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()})
     return result

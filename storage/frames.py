@@ -17,13 +17,15 @@ the measurement's own axes (angle × detector; k_y × k_x with DC at ``(H//2, W/
 reconstruction. Optional small arrays next to ``"0"`` (e.g. ``"sampling_mask"``, bool ``(H, W)``).
 
 A **frame output** (:func:`create_frame_output`) has the layout of a tiled output
-(:mod:`storage.output`) with one "tile" per frame: the tile plan covers the *measurement* grid
-(``halo=None``: one tile, core = the whole frame), so ``diagnostics/`` holds the per-(t, tile)
-scalars (``chi2_nu``, ``nll``, ...) and ``residual`` ``(t, c, y, x)`` on the measurement grid
-(real residual, or its magnitude for complex data; NaN where nothing was measured), in the
-measurement's units; ``recon/0`` is ``(T, C, N, M)`` on the image grid, one chunk per frame,
-written whole by :func:`write_frame_result` (deterministic bytes, so a resumed run equals an
-uninterrupted one), which marks the frame ``solved`` and ``assembled`` in the same ledger.
+(:mod:`storage.output`: the root is the OME-Zarr reconstruction, ``diagnostics/``, ``_ledger/``)
+with one "tile" per frame: the tile plan covers the *measurement* grid (``halo=None``: one tile,
+core = the whole frame), so ``diagnostics/`` holds the per-(frame, tile) scalars (``chi2_nu``,
+``nll``, ...) and ``residual`` ``(frame, c, y, x)`` on the measurement grid (real residual, or its
+magnitude for complex data; NaN where nothing was measured) in the measurement's units; the
+reconstruction ``0`` (and its pyramid) is on the image grid, one chunk per frame, written whole by
+:func:`write_frame_result` (deterministic bytes, so a resumed run equals an uninterrupted one),
+which marks the frame ``solved`` and ``assembled`` in the same ledger; :func:`storage.finalize`
+builds the pyramids and completes the store.
 """
 from __future__ import annotations
 
@@ -36,10 +38,11 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from .ingest import Stack, _compressors, open_stack
-from .ome import AXES, ome_image_attrs, package_version
-from .output import DIAG_SCALARS, OUTPUT_KIND, OutputStore, _as_output, _reuse_or_replace, open_output
-from .safety import StorageError, atomic_directory, canonical_hash, require_lock
+from .diagnostics import write_residual, write_scalars
+from .ingest import Stack, open_stack
+from .ome import package_version
+from .output import DIAG_SCALARS, OUTPUT_KIND, OutputStore, _as_output, _create, _recon_meta
+from .safety import StorageError, canonical_hash, require_lock
 from .tiling import TilePlan
 
 __all__ = ["measurement_of", "is_frame_output", "create_frame_output", "write_frame_result", "read_extra"]
@@ -81,56 +84,20 @@ def create_frame_output(path, input_store, config: Mapping, *, prior_sha256: str
     image_shape = [int(v) for v in meas["image_shape"]]
     plan = TilePlan(stack.frame_shape, halo=None)
     inp = {"path": str(stack.path.resolve()), "data_sha256": stack.meta["data_sha256"], "shape": list(stack.shape),
-           "dtype": stack.meta["dtype"], "intensity": stack.intensity.to_dict()}
+           "dtype": stack.meta["dtype"], "intensity": stack.intensity.to_dict(), "axes": stack.axes,
+           "sizes": dict(zip(stack.layout.axes, stack.layout.shape))}
     config = dict(config)
     identity = {"config": config, "prior_sha256": prior_sha256, "input_sha256": inp["data_sha256"],
                 "plan": plan.to_dict(), "image_shape": image_shape, "layout": FRAME_LAYOUT}
     config_hash = canonical_hash(identity)
     manifest = {"kind": OUTPUT_KIND, "version": package_version(), "config_hash": config_hash, "config": config,
                 "prior_sha256": prior_sha256, "input": inp, "plan": plan.to_dict(), "scale": 1,
-                "layout": FRAME_LAYOUT, "image_shape": image_shape, "measurement": meas,
+                "recon": _recon_meta(stack, plan, 1, tuple(image_shape)), "layout": FRAME_LAYOUT,
+                "image_shape": image_shape, "measurement": meas,
+                "residual_units": f"units of the stored {meas['domain']} measurements: y - A x on the measurement "
+                                  "grid (|y - A x| for complex data; NaN where nothing was measured)",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    old, replace_old = _reuse_or_replace(path, config_hash, overwrite)
-    if old is not None:
-        return old
-    with atomic_directory(path, replace_old, "create") as tmp:
-        _build_frame_output(tmp, stack, plan, image_shape, manifest)
-    return open_output(path)
-
-
-def _build_frame_output(tmp: Path, stack: Stack, plan: TilePlan, image_shape: list[int], manifest: dict) -> None:
-    import dask.array as da
-    import xarray as xr
-
-    T, C, h, w = stack.shape
-    N, M = image_shape
-    f32 = np.dtype("float32")
-    root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3, attributes={"ddiff": manifest})
-    ms = stack.ome["multiscales"][0]
-    in_scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
-    units = {a["name"]: a.get("unit") for a in ms["axes"]}
-    # image pixel = one detector pixel (CT) / one field-of-view sample (MRI): the input's x pixel size
-    recon = root.create_group("recon", attributes={"ome": ome_image_attrs(
-        "recon", (in_scale[3], in_scale[3]), units["x"], in_scale[0], units["t"])})
-    recon.create_array("0", shape=(T, C, N, M), dtype=f32, chunks=(1, C, N, M),
-                       compressors=_compressors("blosc-zstd", f32), dimension_names=AXES, fill_value=float("nan"))
-    cfg = manifest["config"]
-    data_vars = {}
-    for name, dt in DIAG_SCALARS.items():
-        fill = -1 if dt == "int64" else np.nan
-        data_vars[name] = (("t", "tile"), da.full((T, 1), fill, dtype=dt, chunks=(1, 1)))
-    data_vars["residual"] = (("t", "c", "y", "x"), da.full((T, C, h, w), np.nan, dtype=f32, chunks=(1, C, h, w)))
-    data_vars["core_box"] = (("tile", "box"), np.array([t.core for t in plan], dtype=np.int64))
-    data_vars["blend_box"] = (("tile", "box"), np.array([t.blend for t in plan], dtype=np.int64))
-    meas = manifest["measurement"]
-    ds = xr.Dataset(data_vars, attrs={
-        "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),
-        "prior_sha256": manifest["prior_sha256"] or "", "config_hash": manifest["config_hash"],
-        "residual_units": f"units of the stored {meas['domain']} measurements (y - A x on the measurement grid; "
-                          "magnitude |y - A x| for complex data; NaN where nothing was measured)",
-        "domain": str(meas["domain"]), "box_order": "y0,y1,x0,x1 (half-open, measurement pixels)"})
-    ds.to_zarr(LocalStore(tmp), group="diagnostics", mode="w-", compute=False, consolidated=False,
-               zarr_format=3, encoding={"nfe": {"_FillValue": -1}})
+    return _create(path, stack, plan, 1, manifest, config_hash, overwrite)
 
 
 def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping, residual: np.ndarray, *,
@@ -139,8 +106,6 @@ def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping,
     units here), ``diagnostics`` (any of :data:`DIAG_SCALARS`), ``residual`` ``(C, h, w)`` float
     on the measurement grid (measurement units, NaN where unmeasured); then mark the frame solved
     and assembled. Every write is one whole chunk or region, so rewriting gives identical bytes."""
-    import xarray as xr
-
     out = _as_output(out)
     require_lock(out.path, run_id)
     frame = int(frame)
@@ -159,14 +124,9 @@ def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping,
     h, w = out.plan.frame_shape
     if r.shape != (C, h, w):
         raise StorageError(f"residual of frame {frame} has shape {r.shape}; expected {(C, h, w)}")
-    g = out.group("w")
-    g["recon/0"][frame] = out.intensity.from_model(x)
-    store = LocalStore(out.path)
-    xr.Dataset({"residual": (("t", "c", "y", "x"), r[np.newaxis])}).to_zarr(
-        store, group="diagnostics", mode="r+", consolidated=False, zarr_format=3, region={"t": slice(frame, frame + 1)})
-    dv = {name: (("t", "tile"), np.array([[diagnostics[name]]], dtype=DIAG_SCALARS[name])) for name in diagnostics}
-    xr.Dataset(dv).to_zarr(store, group="diagnostics", mode="r+", consolidated=False, zarr_format=3,
-                           region={"t": slice(frame, frame + 1), "tile": slice(0, 1)})
+    out.recon(0, mode="w")[frame] = out.intensity.from_model(x)
+    write_residual(out.path, frame, (0, h, 0, w), r)
+    write_scalars(out.path, frame, 0, dict(diagnostics))
     sha = hashlib.sha256(x.tobytes()).hexdigest()
     out.ledger.mark_done(frame, 0, "solved", run_id=run_id, recon_sha256=sha)
     out.ledger.mark_done(frame, 0, "assembled", run_id=run_id)

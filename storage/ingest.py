@@ -5,18 +5,23 @@ Room: ``storage`` — zarr, numpy (+ the readers' tifffile/pillow/h5py); never t
 Contract for flows:
 
 * ``storage.ingest(source, store, ...) -> Stack`` reads ``source`` frame-block by frame-block
-  (``block_bytes`` at a time, default 64 MiB, so memory stays bounded whatever the stack size),
-  writes ``store`` and returns it opened read-only. It writes into a hidden sibling folder and
-  renames it into place only after the last byte, so ``store`` is either absent or complete; on
-  any error the partial folder is removed and nothing is left at ``store``.
-* Layout of ``store``: root group = OME-NGFF 0.5 image (``attributes["ome"]``), array ``"0"`` of
-  shape ``(T, C, H, W)``, dtype of the source, ``dimension_names = ("t", "c", "y", "x")``,
-  chunks ``(1, C, chunk, chunk)`` (one frame, one spatial tile: the unit tiles are read in)
-  grouped in shards of ``(1, C, 4·chunk, 4·chunk)`` (fewer files; ingest is the only writer),
-  Blosc-zstd (byte shuffle) by default. ``attributes["ddiff"]`` records the source (path, kind,
-  streamed SHA-256 of its bytes), the SHA-256 of the ingested pixel bytes in ``(t, c, y, x)``
+  (``block_bytes`` at a time, default 64 MiB) — or, for a frame larger than that, window by
+  window — so memory stays bounded whatever the stack or frame size; writes ``store`` and
+  returns it opened read-only. It writes into a hidden sibling folder and renames it into place
+  only after the last byte, so ``store`` is either absent or complete; on any error the partial
+  folder is removed and nothing is left at ``store``.
+* Layout of ``store``: root group = OME-NGFF 0.5 image (``attributes["ome"]``), array ``"0"``
+  with the axes the data has (letters of ``tczyx`` in that order, e.g. ``(z, y, x)`` for a
+  z-stack, ``(t, c, z, y, x)`` for a 5-D OME-TIFF; ``dimension_names`` match), the source dtype,
+  chunks of one ``(t, z)`` plane, all channels and ``chunk × chunk`` pixels (the unit tiles are
+  read in) grouped in shards of ``4·chunk`` (fewer files; ingest is the only writer),
+  Blosc-zstd (byte shuffle) by default; the OME ``scale`` carries the physical steps and units
+  (from OME-XML / ImageJ / HDF5 metadata or the caller). ``attributes["ddiff"]`` records the
+  source (path, kind, axes, streamed SHA-256 of its bytes), ``axes``, ``geometry`` (scale, units,
+  where they came from), the SHA-256 of the ingested pixels frame by frame, each in ``(c, y, x)``
   C order (``data_sha256``, re-checkable with :func:`verify_stack`), dtype, and the intensity
-  map to model space (see :mod:`storage.intensity`).
+  map to model space (see :mod:`storage.intensity`). The pipeline indexes *frames*
+  (``Stack.array``, ``(N, C, H, W)``, ``frame = t·Z + z``; see :mod:`storage.axes`).
 * NaN/Inf (float sources only): ``nonfinite="refuse"`` (default) raises
   :class:`~storage.safety.NonFiniteError` naming the frames; ``nonfinite="mask"`` stores the
   values unchanged plus a boolean array ``"valid"`` (False where non-finite); the intensity
@@ -41,7 +46,8 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 from .intensity import IntensityMap, PercentileSampler
-from .ome import AXES, ome_image_attrs, package_version
+from .axes import Layout, Planes
+from .ome import ome_image_attrs, package_version
 from .readers import open_source
 from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory
 
@@ -90,21 +96,25 @@ def _check_target(store: Path, overwrite: bool, kind: str) -> bool:
 def ingest(source, store, *, dataset: str | None = None, axes: str | None = None, chunk: int = 256,
            shard: int | str | None = "auto", compression: str | None = "blosc-zstd",
            intensity: str | tuple[float, float] = "percentile", percentiles: tuple[float, float] = (0.1, 99.9),
-           max_samples: int = 2_000_000, nonfinite: str = "refuse", pixel_size: tuple[float, float] = (1.0, 1.0),
-           space_unit: str = "micrometer", time_step: float = 1.0, time_unit: str = "second",
-           block_bytes: int = 64 << 20, checksum: bool = True, overwrite: bool = False,
-           measurement: dict | None = None, extra_arrays: dict | None = None) -> "Stack":
+           max_samples: int = 2_000_000, nonfinite: str = "refuse", pixel_size: float | tuple[float, float] | None = None,
+           z_step: float | None = None, space_unit: str | None = None, time_step: float | None = None,
+           time_unit: str | None = None, block_bytes: int = 64 << 20, checksum: bool = True,
+           overwrite: bool = False, measurement: dict | None = None, extra_arrays: dict | None = None) -> "Stack":
     """Stream ``source`` into the OME-Zarr store ``store`` and return it opened read-only.
 
-    Parameters: ``source`` TIFF/BigTIFF/OME-TIFF, ``.npy``, folder of frames, or ``file.h5:/ds``
-    (or ``dataset=``); ``axes`` for ``.npy``/HDF5 (``tcyx`` letters); ``chunk`` spatial chunk
-    edge (pick the tile size you will solve with); ``shard`` spatial shard edge (a multiple of
-    ``chunk``; ``"auto"`` = 4·chunk, ``None`` = no sharding) — safe here because ingest is the
-    only writer of the input store; ``intensity`` ``"percentile"`` (default, ``percentiles`` of a
-    ≤``max_samples`` streamed subsample -> [-1, 1]), ``"minmax"``, ``"dtype"`` (integer range) or
-    an explicit ``(low, high)``; ``nonfinite`` ``"refuse"``|``"mask"``; ``pixel_size``/units go
-    into the OME scale transform; ``block_bytes`` bounds the frames read at once.
-    ``measurement`` (see :mod:`storage.measurements`): the stack holds measurements of an operator
+    Parameters: ``source`` TIFF/BigTIFF/OME-TIFF/ImageJ, ``.npy``, folder of frames, or
+    ``file.h5:/ds`` (or ``dataset=``); ``axes`` the source's axes, letters of ``tczyx`` in its
+    order (``"TZCYX"`` works too; see :mod:`storage.readers` for what is read from the file when
+    omitted); ``chunk`` spatial chunk edge (pick the tile size you will solve with); ``shard``
+    spatial shard edge (a multiple of ``chunk``; ``"auto"`` = 4·chunk, ``None`` = no sharding) —
+    safe here because ingest is the only writer of the input store; ``intensity``
+    ``"percentile"`` (default, ``percentiles`` of a ≤``max_samples`` streamed subsample -> [-1, 1]),
+    ``"minmax"``, ``"dtype"`` (integer range) or an explicit ``(low, high)``; ``nonfinite``
+    ``"refuse"``|``"mask"``; ``pixel_size`` (y, x) or one number, ``z_step``, ``time_step`` and
+    the units override what the file says (default when neither: 1 micrometer, 1 second);
+    ``block_bytes`` bounds what is held at once: whole frames are read while one fits, else each
+    frame is streamed window by window (shard-aligned), so frames larger than memory ingest too.
+    ``measurement`` (see :mod:`storage.frames`): the stack holds measurements of an operator
     (sinograms, k-space, ...), recorded as ``attributes["ddiff"]["measurement"]``; complex sources
     are accepted then, and ``intensity`` is the map of the *image* to reconstruct. ``extra_arrays``:
     small named arrays written next to ``"0"`` (e.g. a k-space sampling mask).
@@ -120,56 +130,61 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
     reader = open_source(source, dataset=dataset, axes=axes)
     t_start = time.perf_counter()
     try:
+        geometry = reader.geometry.override(pixel_size, z_step, time_step, space_unit, time_unit)
         with atomic_directory(store, replace_old, "ingest") as tmp:
-            T, C, H, W = reader.shape
+            layout = reader.layout
+            N, C, H, W = layout.frames_shape
             dtype = reader.dtype
             if not (dtype.kind in "uif" and dtype.itemsize <= 8 or dtype.kind == "c" and measurement is not None):
                 raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only"
                                    f"{'; complex data is accepted as measurements: --domain kspace' if dtype.kind == 'c' else ''})")
             cy, cx = min(chunk, H), min(chunk, W)
-            shards = None if shard is None else (1, C, min(shard, -(-H // cy) * cy), min(shard, -(-W // cx) * cx))
+            shards = None
+            if shard is not None:  # a whole number of chunks (may extend past the array edge)
+                sy, sx = min(shard, -(-H // cy) * cy), min(shard, -(-W // cx) * cx)
+                shards = tuple({"y": sy, "x": sx}.get(a, c) for a, c in zip(layout.axes, layout.chunks(cy, cx)))
             root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3)
-            arr = root.create_array("0", shape=(T, C, H, W), dtype=dtype, chunks=(1, C, cy, cx), shards=shards,
-                                    compressors=_compressors(compression, dtype), dimension_names=AXES,
+            arr = root.create_array("0", shape=layout.shape, dtype=dtype, chunks=layout.chunks(cy, cx), shards=shards,
+                                    compressors=_compressors(compression, dtype), dimension_names=tuple(layout.axes),
                                     fill_value=0)
-            valid = None
-            sampler = PercentileSampler(T * C * H * W, max_samples)
-            data_hash = hashlib.sha256()
-            per_block = max(1, block_bytes // max(1, C * H * W * dtype.itemsize))
-            nonfinite_frames: list[int] = []
-            for t0 in range(0, T, per_block):
-                t1 = min(T, t0 + per_block)
-                block = reader.read(t0, t1)
-                if dtype.kind in "fc":
-                    fin = np.isfinite(block)
-                    if not fin.all():
-                        bad = [t0 + int(i) for i in np.flatnonzero(~fin.reshape(t1 - t0, -1).all(axis=1))]
-                        if nonfinite == "refuse":
-                            raise NonFiniteError(f"{source}: frame(s) {bad[:10]} contain NaN/Inf; nothing was written. "
-                                                 "Clean the data or pass nonfinite='mask' to store them with a "
-                                                 "validity mask")
-                        nonfinite_frames += [int(b) for b in bad]
-                        if valid is None:
-                            valid = root.create_array("valid", shape=(T, C, H, W), dtype=bool, chunks=(1, C, cy, cx),
-                                                      compressors=_compressors("zstd", np.dtype(bool)),
-                                                      dimension_names=AXES, fill_value=True)
-                        valid[t0:t1] = fin
-                sampler.add(np.abs(block) if dtype.kind == "c" else block)
-                data_hash.update(np.ascontiguousarray(block))
-                arr[t0:t1] = block
-                del block
-            imap = _intensity_map(intensity, percentiles, sampler, dtype)
+            planes = Planes(arr, layout)
+            w = _Writer(root, layout, planes, (cy, cx), source, nonfinite, PercentileSampler(N * C * H * W, max_samples))
+            frame_bytes = C * H * W * dtype.itemsize
+            if frame_bytes <= block_bytes:
+                per_block = max(1, block_bytes // max(1, frame_bytes))
+                for f0 in range(0, N, per_block):
+                    f1 = min(N, f0 + per_block)
+                    block = reader.read(f0, f1)
+                    w.write(f0, block, (slice(0, H), slice(0, W)))
+                    w.hash.update(np.ascontiguousarray(block))
+                    del block
+            else:  # frames larger than a block: shard-aligned windows, hashed by reading the frame back
+                step = shard or chunk
+                by = max(cy, min(-(-H // cy) * cy, step))
+                bx = max(cx, (block_bytes // max(1, C * by * dtype.itemsize)) // step * step)
+                for f in range(N):
+                    for y0 in range(0, H, by):
+                        for x0 in range(0, W, bx):
+                            win = (slice(y0, min(H, y0 + by)), slice(x0, min(W, x0 + bx)))
+                            w.write(f, reader.read_region(f, *win)[np.newaxis], win)
+                    _hash_frame(planes, f, w.hash, block_bytes)
+            imap = _intensity_map(intensity, percentiles, w.sampler, dtype)
+            scale, units = geometry.resolved(layout.axes)
             meta = {
                 "kind": INPUT_KIND,
                 "version": package_version(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "source": {"path": str((Path(source) if reader.kind == "folder" else reader.files[0]).resolve()),
                            "kind": reader.kind, "dataset": getattr(reader, "dataset", None), "n_files": len(reader.files),
-                           "sha256": reader.checksum() if checksum else None, "shape": [T, C, H, W]},
+                           "sha256": reader.checksum() if checksum else None, "shape": list(reader.shape),
+                           "axes": layout.axes, "sizes": dict(zip(layout.axes, layout.shape))},
+                "axes": layout.axes,
+                "geometry": {"scale": scale, "units": units, "source": geometry.source},
                 "dtype": dtype.str,
-                "data_sha256": data_hash.hexdigest(),
+                "data_sha256": w.hash.hexdigest(),
                 "intensity": imap.to_dict(),
-                "nonfinite": {"policy": nonfinite, "frames": nonfinite_frames, "mask": "valid" if valid is not None else None},
+                "nonfinite": {"policy": nonfinite, "frames": sorted(w.nonfinite_frames),
+                              "mask": "valid" if w.valid is not None else None},
                 "seconds": round(time.perf_counter() - t_start, 3),
             }
             if measurement is not None:
@@ -177,11 +192,50 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
             for name, value in (extra_arrays or {}).items():
                 value = np.asarray(value)
                 root.create_array(name, shape=value.shape, dtype=value.dtype, chunks=value.shape, fill_value=0)[...] = value
-            root.attrs.update({"ome": ome_image_attrs(Path(store).name, pixel_size, space_unit, time_step, time_unit),
-                               "ddiff": meta})
+            root.attrs.update({"ome": ome_image_attrs(Path(store).name, layout.axes, scale, units), "ddiff": meta})
     finally:
         reader.close()
     return open_stack(store)
+
+
+class _Writer:
+    """Writes frame blocks or windows: non-finite policy, validity mask, intensity sample."""
+
+    def __init__(self, root, layout: Layout, planes: Planes, chunks, source, nonfinite: str, sampler):
+        self.root, self.layout, self.planes, self.chunks = root, layout, planes, chunks
+        self.source, self.nonfinite, self.sampler = source, nonfinite, sampler
+        self.valid: Planes | None = None
+        self.nonfinite_frames: set[int] = set()
+        self.hash = hashlib.sha256()
+
+    def write(self, f0: int, block: np.ndarray, win: tuple[slice, slice]) -> None:
+        n = block.shape[0]
+        if block.dtype.kind in "fc":
+            fin = np.isfinite(block)
+            if not fin.all():
+                bad = [f0 + int(i) for i in np.flatnonzero(~fin.reshape(n, -1).all(axis=1))]
+                if self.nonfinite == "refuse":
+                    raise NonFiniteError(f"{self.source}: frame(s) {bad[:10]} contain NaN/Inf; nothing was written. "
+                                         "Clean the data or pass nonfinite='mask' to store them with a validity mask")
+                self.nonfinite_frames.update(bad)
+                if self.valid is None:
+                    v = self.root.create_array("valid", shape=self.layout.shape, dtype=bool,
+                                               chunks=self.layout.chunks(*self.chunks),
+                                               compressors=_compressors("zstd", np.dtype(bool)),
+                                               dimension_names=tuple(self.layout.axes), fill_value=True)
+                    self.valid = Planes(v, self.layout)
+                self.valid[f0:f0 + n, :, win[0], win[1]] = fin
+        self.sampler.add(np.abs(block) if block.dtype.kind == "c" else block)
+        self.planes[f0:f0 + n, :, win[0], win[1]] = block
+
+
+def _hash_frame(planes: Planes, frame: int, h, block_bytes: int) -> None:
+    """Feed frame ``frame`` to ``h`` in ``(c, y, x)`` C order, a band of rows at a time."""
+    _, C, H, W = planes.shape
+    rows = max(1, block_bytes // max(1, W * planes.dtype.itemsize))
+    for c in range(C):
+        for y0 in range(0, H, rows):
+            h.update(np.ascontiguousarray(planes[frame, c:c + 1, y0:min(H, y0 + rows), :]))
 
 
 def _intensity_map(intensity, percentiles, sampler: PercentileSampler, dtype: np.dtype) -> IntensityMap:
@@ -204,22 +258,51 @@ def _intensity_map(intensity, percentiles, sampler: PercentileSampler, dtype: np
 
 @dataclass
 class Stack:
-    """Read-only view of an ingested stack. Arrays are ``(T, C, H, W)``; frames ``(C, H, W)``."""
+    """Read-only view of an ingested stack.
+
+    ``array`` is the frame view ``(N, C, H, W)`` (:class:`~storage.axes.Planes`; frame ``= t·Z + z``),
+    what tiles and tasks index; ``data`` is the stored Zarr array with the source's axes
+    (``axes``, e.g. ``"tczyx"``; ``sizes`` gives every axis' size, 1 when absent); ``scale`` and
+    ``units`` its physical steps (``{"z": 0.5, "y": 0.1, "x": 0.1, "t": 2.0}``, OME-NGFF unit
+    names). ``volume(t)`` reads one time point as ``(C, Z, H, W)``.
+    """
 
     path: Path
-    array: zarr.Array
+    data: zarr.Array
     meta: dict
     ome: dict
     intensity: IntensityMap
-    valid: zarr.Array | None = field(default=None)
+    layout: Layout
+    valid: Planes | None = field(default=None)
+
+    @property
+    def array(self) -> Planes:
+        return Planes(self.data, self.layout)
+
+    @property
+    def axes(self) -> str:
+        return self.layout.axes
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return self.layout.sizes
+
+    @property
+    def scale(self) -> dict[str, float]:
+        return dict(self.meta["geometry"]["scale"])
+
+    @property
+    def units(self) -> dict[str, str]:
+        return dict(self.meta["geometry"]["units"])
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return tuple(self.array.shape)
+        """Frame view shape ``(N, C, H, W)``, ``N = T·Z``."""
+        return self.layout.frames_shape
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype)
+        return np.dtype(self.data.dtype)
 
     @property
     def n_frames(self) -> int:
@@ -230,7 +313,13 @@ class Stack:
         return self.shape[2], self.shape[3]
 
     def frame(self, t: int) -> np.ndarray:
+        """Frame ``t`` (a ``(t, z)`` plane), ``(C, H, W)``."""
         return self.array[t]
+
+    def volume(self, t: int = 0, ys: slice = slice(None), xs: slice = slice(None)) -> np.ndarray:
+        """Time point ``t`` as ``(C, Z, h, w)`` (source dtype)."""
+        Z = self.sizes["z"]
+        return np.stack([self.array[self.layout.frame_of(t, z), :, ys, xs] for z in range(Z)], axis=1)
 
     def to_model(self, x: np.ndarray) -> np.ndarray:
         """Physical -> model space ``[-1, 1]`` (float32)."""
@@ -241,10 +330,10 @@ class Stack:
         return self.intensity.from_model(m)
 
     def dask(self):
-        """The stack as a lazy dask array (chunks = Zarr chunks)."""
+        """The stored array (source axes) as a lazy dask array (chunks = Zarr chunks)."""
         import dask.array as da
 
-        return da.from_zarr(self.array)
+        return da.from_zarr(self.data)
 
 
 def open_stack(store) -> Stack:
@@ -257,17 +346,25 @@ def open_stack(store) -> Stack:
     if meta.get("kind") != INPUT_KIND:
         raise StorageError(f"{path} is a Zarr store but not an ingested stack (kind={meta.get('kind')!r}); "
                            "create it with storage.ingest")
-    valid = root["valid"] if meta.get("nonfinite", {}).get("mask") else None
-    return Stack(path=path, array=root["0"], meta=meta, ome=dict(root.attrs["ome"]),
-                 intensity=IntensityMap.from_dict(meta["intensity"]), valid=valid)
+    data = root["0"]
+    layout = Layout(meta.get("axes") or "".join(data.metadata.dimension_names), data.shape)
+    if "geometry" not in meta:  # stores written before axes were recorded: read the OME block
+        ms = root.attrs["ome"]["multiscales"][0]
+        sc = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+        meta["geometry"] = {"scale": {a["name"]: float(v) for a, v in zip(ms["axes"], sc) if a["name"] != "c"},
+                            "units": {a["name"]: a.get("unit") for a in ms["axes"] if a["name"] != "c"},
+                            "source": "ome"}
+    valid = Planes(root["valid"], layout) if meta.get("nonfinite", {}).get("mask") else None
+    return Stack(path=path, data=data, meta=meta, ome=dict(root.attrs["ome"]),
+                 intensity=IntensityMap.from_dict(meta["intensity"]), layout=layout, valid=valid)
 
 
 def verify_stack(store, block_bytes: int = 64 << 20) -> bool:
-    """Recompute the SHA-256 of the stored pixels (streamed) and compare with ``data_sha256``."""
+    """Recompute the SHA-256 of the stored pixels (streamed) and compare with ``data_sha256``
+    (frames in order, each in ``(c, y, x)`` C order — for a ``(t, c, y, x)`` store that is its C order)."""
     st = open_stack(store)
-    T, C, H, W = st.shape
-    per = max(1, block_bytes // max(1, C * H * W * st.dtype.itemsize))
     h = hashlib.sha256()
-    for t0 in range(0, T, per):
-        h.update(np.ascontiguousarray(st.array[t0:min(T, t0 + per)]))
+    planes = st.array
+    for f in range(st.n_frames):
+        _hash_frame(planes, f, h, block_bytes)
     return h.hexdigest() == st.meta["data_sha256"]

@@ -14,20 +14,27 @@ Contract for the flows author — tasks pass *descriptors* (paths, ints, a JSON 
             storage.assemble_frame(out_path, frame, run_id=lock.run_id)    #   (or assemble_tile per tile)
         storage.finalize(out_path, run_id=lock.run_id)
 
-Layout of ``out_path`` (a Zarr v3 group; ``attributes["ddiff"]`` is the run manifest)::
+Layout of ``out_path`` (a Zarr v3 group; ``attributes["ddiff"]`` is the run manifest). The root
+is the reconstruction itself, an OME-NGFF 0.5 image, so ``recon.zarr`` opens as an image in
+ome-zarr-py, napari-ome-zarr and bioio::
 
-    recon/        OME-NGFF 0.5 image, array "0" (T, C, H·f, W·f) float32 in the INPUT's physical units
-                  (model space mapped back with the input's affine), chunks (1, C, ty·f, tx·f) = one core;
-                  NaN until assembled.
-    staging/contrib (T, n_tiles, C, sy·f, sx·f) float32 model space: one chunk per (frame, tile) holding
+    0, 1, …       the pyramid: level 0 = the reconstruction with the INPUT's axes (t, c, z as present,
+                  y·f, x·f), float32 in the input's physical units (model space mapped back with the
+                  input's affine), chunks = one frame × one core (ty·f, tx·f); level l is 2^l times
+                  coarser (2×2 means), built per frame after its cores are assembled. NaN until then.
+                  The OME scale = the input's physical steps (y, x divided by f).
+    labels/       OME-NGFF label images over the reconstruction (e.g. the audit's flags), written
+                  with :func:`write_flag_label`; the image's axes less c, its levels, uint8.
+    staging/contrib (N, n_tiles, C, sy·f, sx·f) float32 model space: one chunk per (frame, tile) holding
                   that tile's unweighted blend-window solution (NaN-padded). Pass 1 writes here.
-    diagnostics/  xarray Dataset: per (t, tile): chi2_nu, nll, residual_norm, residual_rms, nfe, seconds
-                  (NaN until written; nfe is int64 on disk with fill -1, which xarray decodes to NaN);
-                  per pixel: residual (t, c, y, x) on the input grid, core regions only; static tile boxes.
-                  Created as a template (to_zarr(compute=False)), filled with to_zarr(region=...).
-    _ledger/      solved/t<frame>/k<tile>.json and assembled/..., COMPLETE.json — plain files written
-                  atomically (temp + rename) *after* the data they certify.
+    diagnostics/  xarray Dataset with physical coordinates (:mod:`storage.diagnostics`).
+    _ledger/      solved/t<frame>/k<tile>.json, assembled/..., pyramid/t<frame>/k000000.json,
+                  COMPLETE.json — plain files written atomically (temp + rename) *after* the data
+                  they certify.
     .ddiff.lock   present while a run holds the store.
+
+Frames: ``frame = t·Z + z`` indexes the input's (t, z) planes (:mod:`storage.axes`);
+``OutputStore.recon(level)`` is the ``(N, C, H·f, W·f)`` frame view of a level.
 
 Guarantees: (1) a ledger entry exists only if all data of that step was written before it (a crash
 in between leaves the step pending and a rerun redoes it; every write is a full, deterministic
@@ -41,7 +48,6 @@ the plan and the scale factor.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,20 +57,21 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from .axes import Layout, Planes
+from .diagnostics import DIAG_SCALARS, create_diagnostics, write_residual, write_scalars
 from .ingest import Stack, _compressors, _store_kind, open_stack
 from .intensity import IntensityMap
-from .ome import AXES, ome_image_attrs, package_version
+from .ome import ome_image_attrs, package_version
+from .ledger import Ledger
+from .pyramid import build_pyramid, consolidate, level_layout, pyramid_levels
 from .safety import (ConfigMismatchError, RunLock, StorageError, StoreExistsError, atomic_directory, atomic_write_json,
-                     canonical_hash, read_json, require_lock, safe_subpath)
+                     canonical_hash, require_lock)
 from .tiling import Tile, TilePlan
 
 __all__ = ["OUTPUT_KIND", "DIAG_SCALARS", "OutputStore", "Ledger", "TileInput", "create_output", "open_output",
            "read_tile", "write_tile_result", "assemble_tile", "assemble_frame", "finalize"]
 
 OUTPUT_KIND = "ddiff-output"
-DIAG_SCALARS = {"chi2_nu": "float64", "nll": "float64", "residual_norm": "float64", "residual_rms": "float64",
-                "nfe": "int64", "seconds": "float64"}
-_NFE_FILL = -1
 
 # Fault injection for crash tests: called with a step name between the writes of one tile.
 _FAULT_HOOK: Callable[[str], None] | None = None
@@ -73,42 +80,6 @@ _FAULT_HOOK: Callable[[str], None] | None = None
 def _fault(step: str) -> None:
     if _FAULT_HOOK is not None:
         _FAULT_HOOK(step)
-
-
-class Ledger:
-    """Completion markers ``_ledger/<stage>/t<frame>/k<tile>.json`` (stages: solved, assembled)."""
-
-    STAGES = ("solved", "assembled")
-
-    def __init__(self, root: str | os.PathLike, n_frames: int, n_tiles: int):
-        self.root = Path(root) / "_ledger"
-        self.n_frames, self.n_tiles = n_frames, n_tiles
-
-    def _path(self, frame: int, tile: int, stage: str) -> Path:
-        if stage not in self.STAGES:
-            raise ValueError(f"stage={stage!r}; use one of {self.STAGES}")
-        if not (0 <= int(frame) < self.n_frames and 0 <= int(tile) < self.n_tiles):
-            raise ValueError(f"(frame {frame}, tile {tile}) out of range ({self.n_frames} frames, {self.n_tiles} tiles)")
-        return safe_subpath(self.root, f"{stage}/t{int(frame):06d}/k{int(tile):06d}.json")
-
-    def is_done(self, frame: int, tile: int, stage: str = "solved") -> bool:
-        return self._path(frame, tile, stage).exists()
-
-    def record(self, frame: int, tile: int, stage: str = "solved") -> dict | None:
-        p = self._path(frame, tile, stage)
-        return read_json(p) if p.exists() else None
-
-    def mark_done(self, frame: int, tile: int, stage: str = "solved", **info) -> None:
-        atomic_write_json(self._path(frame, tile, stage), {"frame": int(frame), "tile": int(tile), "stage": stage,
-                                                           "time": time.time(), **info})
-
-    def pending(self, stage: str = "solved", frames: range | None = None) -> list[tuple[int, int]]:
-        frames = range(self.n_frames) if frames is None else frames
-        return [(t, k) for t in frames for k in range(self.n_tiles) if not self.is_done(t, k, stage)]
-
-    def count(self, stage: str = "solved") -> int:
-        d = self.root / stage
-        return sum(1 for _ in d.glob("t*/k*.json")) if d.exists() else 0
 
 
 @dataclass
@@ -142,8 +113,30 @@ class OutputStore:
     def ledger(self) -> Ledger:
         return Ledger(self.path, self.n_frames, self.plan.n_tiles)
 
+    @property
+    def layout(self) -> Layout:
+        """Level-0 layout of the reconstruction (the input's axes, y and x times the scale)."""
+        r = self.manifest["recon"]
+        return Layout(r["axes"], tuple(r["shape"]))
+
+    @property
+    def levels(self) -> int:
+        return int(self.manifest["recon"]["levels"])
+
+    @property
+    def geometry(self) -> tuple[dict, dict]:
+        """``(scale, units)`` of the reconstruction's level 0 (physical step per axis)."""
+        r = self.manifest["recon"]
+        return dict(r["scale"]), dict(r["units"])
+
     def group(self, mode: str = "r") -> zarr.Group:
         return zarr.open_group(LocalStore(self.path, read_only=(mode == "r")), mode="r" if mode == "r" else "r+")
+
+    def recon(self, level: int = 0, mode: str = "r") -> Planes:
+        """Frame view ``(N, C, H·f / 2^level, W·f / 2^level)`` of pyramid level ``level``."""
+        if not 0 <= int(level) < self.levels:
+            raise ValueError(f"level {level} out of range: the reconstruction has {self.levels} levels")
+        return Planes(self.group(mode)[str(int(level))], level_layout(self.layout, int(level)))
 
     @property
     def complete(self) -> bool:
@@ -187,85 +180,88 @@ def create_output(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
                            "build the TilePlan from open_stack(...).frame_shape")
     scale = int(scale)
     inp = {"path": str(stack.path.resolve()), "data_sha256": stack.meta["data_sha256"], "shape": list(stack.shape),
-           "dtype": stack.meta["dtype"], "intensity": stack.intensity.to_dict()}
+           "dtype": stack.meta["dtype"], "intensity": stack.intensity.to_dict(), "axes": stack.axes,
+           "sizes": dict(zip(stack.layout.axes, stack.layout.shape))}
     config = dict(config)
     identity = {"config": config, "prior_sha256": prior_sha256, "input_sha256": inp["data_sha256"],
                 "plan": plan.to_dict(), "scale": scale}
     config_hash = canonical_hash(identity)
     manifest = {"kind": OUTPUT_KIND, "version": package_version(), "config_hash": config_hash, "config": config,
                 "prior_sha256": prior_sha256, "input": inp, "plan": plan.to_dict(), "scale": scale,
+                "recon": _recon_meta(stack, plan, scale),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    old, replace_old = _reuse_or_replace(path, config_hash, overwrite)
-    if old is not None:
-        return old
+    return _create(path, stack, plan, scale, manifest, config_hash, overwrite)
+
+
+def _create(path: Path, stack: Stack, plan: TilePlan, scale: int, manifest: dict, config_hash: str,
+            overwrite: bool) -> OutputStore:
+    """Reopen ``path`` when it holds an output of ``config_hash`` (resume); else refuse unrelated data
+    and (without ``overwrite``) another configuration, and build the store atomically."""
+    replace_old = False
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        kind = _store_kind(path) if path.is_dir() else None
+        if kind != OUTPUT_KIND:
+            raise StoreExistsError(f"{path} already holds unrelated data; nothing was written. Choose a new output "
+                                   "path (overwrite=True never deletes data this package did not write)")
+        old = open_output(path)
+        if old.manifest["config_hash"] == config_hash:
+            return old
+        if not overwrite:
+            raise ConfigMismatchError(
+                f"{path} was written with a different configuration (config_hash {old.manifest['config_hash'][:12]} "
+                f"!= {config_hash[:12]}); pass overwrite=True to replace it or choose another output path")
+        # hold the old store's lock while replacing it: raises LockError if a live run holds it,
+        # breaks a stale one; the lock file leaves with the old folder
+        RunLock(path).acquire()
+        replace_old = True
     with atomic_directory(path, replace_old, "create") as tmp:
         _build_output(tmp, stack, plan, scale, manifest)
     return open_output(path)
 
 
-def _reuse_or_replace(path: Path, config_hash: str, overwrite: bool) -> tuple[OutputStore | None, bool]:
-    """``(existing store, False)`` when ``path`` holds an output of ``config_hash`` (resume);
-    ``(None, replace_old)`` otherwise, after refusing unrelated data and (without ``overwrite``)
-    another configuration."""
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        return None, False
-    kind = _store_kind(path) if path.is_dir() else None
-    if kind != OUTPUT_KIND:
-        raise StoreExistsError(f"{path} already holds unrelated data; nothing was written. Choose a new output "
-                               "path (overwrite=True never deletes data this package did not write)")
-    old = open_output(path)
-    if old.manifest["config_hash"] == config_hash:
-        return old, False
-    if not overwrite:
-        raise ConfigMismatchError(
-            f"{path} was written with a different configuration (config_hash {old.manifest['config_hash'][:12]} "
-            f"!= {config_hash[:12]}); pass overwrite=True to replace it or choose another output path")
-    # hold the old store's lock while replacing it: raises LockError if a live run holds it,
-    # breaks a stale one; the lock file leaves with the old folder
-    RunLock(path).acquire()
-    return None, True
+def _recon_meta(stack: Stack, plan: TilePlan, scale: int, image_shape: tuple[int, int] | None = None) -> dict:
+    """Axes, shape, pyramid levels and physical steps of the reconstruction (level 0). ``image_shape``:
+    a reconstruction grid of its own (whole frames of a measurement store; one chunk per frame)."""
+    s = stack.sizes
+    if image_shape is not None:  # image pixel = one detector bin / field-of-view sample: the input's x step
+        (Ho, Wo), (cy, cx) = image_shape, image_shape
+        phys = {a: (stack.scale["x"] if a in "yx" else v) for a, v in stack.scale.items()}
+    else:
+        Ho, Wo, (cy, cx) = s["y"] * scale, s["x"] * scale, plan.scaled(scale).chunks
+        phys = {a: (v / scale if a in "yx" else v) for a, v in stack.scale.items()}
+    layout = stack.layout.with_sizes(y=Ho, x=Wo)
+    return {"axes": layout.axes, "shape": list(layout.shape), "chunks": [cy, cx],
+            "levels": pyramid_levels(Ho, Wo, cy, cx), "scale": phys, "units": stack.units}
 
 
 def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest: dict) -> None:
-    import dask.array as da
-    import xarray as xr
-
-    T, C, H, W = stack.shape
-    op = plan.scaled(scale)
-    (Ho, Wo), (cy, cx), (sy, sx) = op.frame_shape, op.chunks, op.slot_shape
-    root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3, attributes={"ddiff": manifest})
+    r = manifest["recon"]
+    layout, levels, (cy, cx) = Layout(r["axes"], tuple(r["shape"])), r["levels"], r["chunks"]
+    C = stack.shape[1]
+    root = zarr.open_group(LocalStore(tmp), mode="w-", zarr_format=3, attributes={
+        "ddiff": manifest, "ome": ome_image_attrs(Path(manifest["input"]["path"]).stem + "-recon", layout.axes,
+                                                  r["scale"], r["units"], levels)})
     f32 = np.dtype("float32")
-    # physical pixel size of the output = input pixel size / scale
-    ms = stack.ome["multiscales"][0]
-    in_scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
-    units = {a["name"]: a.get("unit") for a in ms["axes"]}
-    recon = root.create_group("recon", attributes={"ome": ome_image_attrs(
-        "recon", (in_scale[2] / scale, in_scale[3] / scale), units["y"], in_scale[0], units["t"])})
-    recon.create_array("0", shape=(T, C, Ho, Wo), dtype=f32, chunks=(1, C, cy, cx),
-                       compressors=_compressors("blosc-zstd", f32), dimension_names=AXES, fill_value=float("nan"))
-    staging = root.create_group("staging")
-    staging.create_array("contrib", shape=(T, plan.n_tiles, C, sy, sx), dtype=f32, chunks=(1, 1, C, sy, sx),
-                         compressors=_compressors("blosc-zstd", f32), fill_value=float("nan"),
-                         dimension_names=("t", "tile", "c", "y", "x"))
-    # diagnostics template: dask-backed variables are NOT computed (compute=False) -> only metadata
-    n = plan.n_tiles
-    ty, tx = plan.chunks
+    for level in range(levels):
+        ll = level_layout(layout, level)
+        root.create_array(str(level), shape=ll.shape, dtype=f32, chunks=ll.chunks(cy, cx),
+                          compressors=_compressors("blosc-zstd", f32), dimension_names=tuple(ll.axes),
+                          fill_value=float("nan"))
+    if "image_shape" not in manifest:  # whole frames are written directly, tiles are staged then blended
+        sy, sx = plan.scaled(scale).slot_shape
+        staging = root.create_group("staging")
+        staging.create_array("contrib", shape=(stack.n_frames, plan.n_tiles, C, sy, sx), dtype=f32,
+                             chunks=(1, 1, C, sy, sx), compressors=_compressors("blosc-zstd", f32),
+                             fill_value=float("nan"), dimension_names=("frame", "tile", "c", "y", "x"))
     cfg = manifest["config"]
-    data_vars = {}
-    for name, dt in DIAG_SCALARS.items():
-        fill = _NFE_FILL if dt == "int64" else np.nan
-        data_vars[name] = (("t", "tile"), da.full((T, n), fill, dtype=dt, chunks=(1, 1)))
-    data_vars["residual"] = (("t", "c", "y", "x"), da.full((T, C, H, W), np.nan, dtype=f32, chunks=(1, C, ty, tx)))
-    data_vars["core_box"] = (("tile", "box"), np.array([t.core for t in plan], dtype=np.int64))
-    data_vars["blend_box"] = (("tile", "box"), np.array([t.blend for t in plan], dtype=np.int64))
-    ds = xr.Dataset(data_vars, attrs={
+    create_diagnostics(tmp, stack.layout, plan, stack.scale, stack.units, attrs={
         "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),
         "prior_sha256": manifest["prior_sha256"] or "", "config_hash": manifest["config_hash"],
-        "residual_units": "model space [-1,1] units of the measurement (y - A x), input grid, tile cores",
-        "box_order": "y0,y1,x0,x1 (half-open, input pixels)"})
-    encoding = {"nfe": {"_FillValue": _NFE_FILL}}
-    ds.to_zarr(LocalStore(tmp), group="diagnostics", mode="w-", compute=False, consolidated=False,
-               zarr_format=3, encoding=encoding)
+        "residual_units": manifest.get("residual_units",
+                                       "model space [-1,1] units of the measurement (y - A x), input grid, tile cores")})
+    if "residual_units" in manifest:
+        zarr.open_group(LocalStore(tmp), mode="r+")["diagnostics/residual"].attrs["units"] = manifest["residual_units"]
+    consolidate(tmp)
 
 
 @dataclass
@@ -325,8 +321,6 @@ def write_tile_result(out, frame: int, tile: int, recon: np.ndarray, diagnostics
     cropped here); must be finite. ``diagnostics``: any of :data:`DIAG_SCALARS`. ``residual``:
     ``y − A x`` on the input grid, blend- or read-window shaped; its core is stored.
     """
-    import xarray as xr
-
     out = _as_output(out)
     require_lock(out.path, run_id)
     plan, f, C = out.plan, int(out.manifest["scale"]), out.channels
@@ -347,22 +341,15 @@ def write_tile_result(out, frame: int, tile: int, recon: np.ndarray, diagnostics
     slot[:, : x.shape[1], : x.shape[2]] = x
     g["staging/contrib"][frame, k] = slot
     _fault("after_staging")
-    store = LocalStore(out.path)
     # (2) per-pixel residual on the core (input grid; the core is exactly one chunk)
     if residual is not None:
         r = _crop_to_blend(residual, t, 1, C, "residual").astype(np.float32)
         cys, cxs = t.core_in_blend
-        y0, y1, x0, x1 = t.core
-        xr.Dataset({"residual": (("t", "c", "y", "x"), r[np.newaxis, :, cys, cxs])}).to_zarr(
-            store, group="diagnostics", mode="r+", consolidated=False, zarr_format=3,
-            region={"t": slice(frame, frame + 1), "y": slice(y0, y1), "x": slice(x0, x1)})
+        write_residual(out.path, frame, t.core, r[:, cys, cxs])
     _fault("after_residual")
     # (3) per-tile scalars
     if diagnostics:
-        dv = {name: (("t", "tile"), np.array([[diagnostics[name]]], dtype=DIAG_SCALARS[name]))
-              for name in diagnostics}
-        xr.Dataset(dv).to_zarr(store, group="diagnostics", mode="r+", consolidated=False, zarr_format=3,
-                               region={"t": slice(frame, frame + 1), "tile": slice(k, k + 1)})
+        write_scalars(out.path, frame, k, diagnostics)
     _fault("before_mark")
     # (4) only now: the atomic completion marker
     out.ledger.mark_done(frame, k, "solved", run_id=run_id, recon_sha256=hashlib.sha256(x.tobytes()).hexdigest())
@@ -370,7 +357,7 @@ def write_tile_result(out, frame: int, tile: int, recon: np.ndarray, diagnostics
 
 def assemble_tile(out, frame: int, tile: int, *, run_id: str | None = None) -> None:
     """Pass 2 for one core: blend the staged solutions of the contributing tiles, map to physical
-    units and write the core's single chunk of ``recon/0``; then mark it assembled."""
+    units and write the core's single chunk of level ``0``; then mark it assembled."""
     out = _as_output(out)
     require_lock(out.path, run_id)
     plan, op, C = out.plan, out.out_plan, out.channels
@@ -391,29 +378,42 @@ def assemble_tile(out, frame: int, tile: int, *, run_id: str | None = None) -> N
         w = op.weights(s)[iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0]
         xs = contrib[frame, s.index, :, iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0].astype(np.float64)
         acc[:, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] += w * xs
-    g["recon/0"][frame, :, y0:y1, x0:x1] = out.intensity.from_model(acc)
+    Planes(g["0"], out.layout)[frame, :, y0:y1, x0:x1] = out.intensity.from_model(acc)
     _fault("before_assembled_mark")
     out.ledger.mark_done(frame, t.index, "assembled", run_id=run_id)
 
 
 def assemble_frame(out, frame: int, *, run_id: str | None = None) -> int:
-    """Assemble every not-yet-assembled core of ``frame``; returns how many were written."""
+    """Assemble every not-yet-assembled core of ``frame``, then build the frame's pyramid levels;
+    returns how many cores were written."""
     out = _as_output(out)
     n = 0
     for k in range(out.plan.n_tiles):
         if not out.ledger.is_done(frame, k, "assembled"):
             assemble_tile(out, frame, k, run_id=run_id)
             n += 1
+    _pyramid(out, frame, run_id)
     return n
 
 
+def _pyramid(out: OutputStore, frame: int, run_id: str | None) -> None:
+    if out.ledger.is_done(frame, 0, "pyramid"):
+        return
+    require_lock(out.path, run_id)
+    build_pyramid(out.group("w"), out.layout, out.levels, int(frame))
+    out.ledger.mark_done(frame, 0, "pyramid", run_id=run_id)
+
+
 def finalize(out, *, run_id: str | None = None) -> dict:
-    """Check every core of every frame is assembled, then write ``_ledger/COMPLETE.json``."""
+    """Check every core of every frame is assembled, build any missing pyramid levels, then write
+    ``_ledger/COMPLETE.json``."""
     out = _as_output(out)
     require_lock(out.path, run_id)
     left = out.ledger.pending("assembled")
     if left:
         raise StorageError(f"{out.path}: {len(left)} (frame, tile) cores not assembled yet, e.g. {left[:5]}")
+    for frame in range(out.n_frames):
+        _pyramid(out, frame, run_id)
     info = {"config_hash": out.manifest["config_hash"], "run_id": run_id, "time": time.time(),
             "n_frames": out.n_frames, "n_tiles": out.plan.n_tiles}
     atomic_write_json(out.path / "_ledger" / "COMPLETE.json", info)

@@ -2,26 +2,32 @@
 
 Room: ``storage`` — numpy, tifffile, pillow, optional h5py; never torch/prefect/``ddiff``/``flows``.
 
-Every reader presents a stack of frames as ``(T, C, H, W)`` and reads it block by block:
-``reader.read(t0, t1) -> ndarray (t1 - t0, C, H, W)`` in the source dtype, never the whole
-stack. Readers validate what they can *before* any data is read (page byte ranges against the
+Every reader knows the axes the data has (``reader.layout``: letters of ``tczyx`` in that order
+with their sizes, see :mod:`storage.axes`) and its physical geometry (``reader.geometry``, see
+:mod:`storage.physical`), and presents the stack as frames — one ``(t, z)`` plane with all
+channels, ``frame = t·Z + z`` — read block by block: ``reader.read(f0, f1) -> (f1 - f0, C, H, W)``
+or window by window: ``reader.read_region(frame, ys, xs) -> (C, h, w)`` in the source dtype,
+never the whole stack. Readers validate what they can *before* any data is read (page byte ranges against the
 file size for TIFF, every frame's size and dtype for folders) so :func:`storage.ingest` fails
 before it writes anything; errors are :class:`storage.safety.SourceError` with the file named.
 
-Axis conventions: TIFF uses tifffile's axes (pages = Y,X[,S]; every leading axis except ``C``
-is flattened, in file order, into ``T``). ``.npy`` and HDF5 take ``axes=`` (letters from
-``tcyx``), defaulting to ``yx`` (2-D), ``tyx`` (3-D), ``tcyx`` (4-D).
+Axis conventions: TIFF uses tifffile's axes (OME-XML / ImageJ hyperstack order; pages = Y,X[,S];
+``Z`` -> z, ``C`` -> c, every other leading axis flattened, in file order, into t) unless ``axes=``
+names every series dimension. ``.npy`` and HDF5 take ``axes=`` (letters of ``tczyx`` in the
+array's order), else HDF5 dimension labels when they are such letters, else ``yx`` (2-D),
+``tyx`` (3-D), ``tcyx`` (4-D).
 """
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from .axes import Layout, check_axes
+from .physical import Geometry, from_hdf5
 from .safety import SourceError, file_sha256
 
 __all__ = ["open_source", "natural_key", "SourceReader"]
@@ -37,14 +43,34 @@ def natural_key(name: str) -> list:
 
 
 class SourceReader:
-    """Base: ``shape`` (T, C, H, W), ``dtype``, ``read(t0, t1)``, ``files``, ``kind``."""
+    """Base: ``axes`` (stored axes, order ``tczyx``), ``layout`` (:class:`~storage.axes.Layout`),
+    ``shape`` = frames ``(N, C, H, W)`` with ``N = T·Z``, ``dtype``, ``geometry``
+    (:class:`~storage.physical.Geometry`), ``read(f0, f1)`` whole frames, ``read_region(f, ys, xs)``
+    one frame's ``(C, h, w)`` window, ``files``, ``kind``."""
 
     kind = "?"
-    shape: tuple[int, int, int, int]
+    layout: Layout
     dtype: np.dtype
     files: list[Path]
+    geometry: Geometry = Geometry()
 
-    def read(self, t0: int, t1: int) -> np.ndarray:  # pragma: no cover - abstract
+    @property
+    def axes(self) -> str:
+        return self.layout.axes
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self.layout.frames_shape
+
+    def read(self, f0: int, f1: int) -> np.ndarray:
+        """Frames ``[f0, f1)`` as ``(f1 - f0, C, H, W)`` (frame = t·Z + z)."""
+        _, C, H, W = self.shape
+        out = np.empty((f1 - f0, C, H, W), self.dtype)
+        for f in range(f0, f1):
+            out[f - f0] = self.read_region(f, slice(0, H), slice(0, W))
+        return out
+
+    def read_region(self, frame: int, ys: slice, xs: slice) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def close(self) -> None:
@@ -61,160 +87,66 @@ class SourceReader:
         return h.hexdigest()
 
 
-def _axes_to_tcyx(arr: np.ndarray, axes: str) -> np.ndarray:
-    """Reorder an array with ``axes`` (subset of ``tcyx``, containing y and x) to (t, c, y, x)."""
-    for a in "tc":
-        if a not in axes:
-            arr = arr[np.newaxis]
-            axes = a + axes
-    return np.ascontiguousarray(np.transpose(arr, [axes.index(a) for a in "tcyx"]))
-
-
 def _check_axes(axes: str, ndim: int, who: str) -> str:
-    axes = axes.lower()
-    if len(axes) != ndim or len(set(axes)) != ndim or not set(axes) <= set("tcyx") or not {"y", "x"} <= set(axes):
-        raise SourceError(f"{who}: axes={axes!r} does not describe a {ndim}-D array; use letters "
-                          "from 'tcyx' with y and x, e.g. 'tyx' or 'tcyx'")
-    return axes
+    try:
+        return check_axes(axes, ndim, who)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def _to_cyx(block: np.ndarray, dims: list[str]) -> np.ndarray:
+    """``block`` with ``dims`` (a subset of c, y, x in any order) as ``(C, h, w)``."""
+    if "c" not in dims:
+        block, dims = block[np.newaxis], ["c"] + dims
+    return np.transpose(block, [dims.index(a) for a in "cyx"])
 
 
 _DEFAULT_AXES = {2: "yx", 3: "tyx", 4: "tcyx"}
 
 
 class ArrayReader(SourceReader):
-    """Any array supporting basic slicing (np.memmap, h5py.Dataset) with an ``axes`` string."""
+    """Any array supporting basic slicing (np.memmap, h5py.Dataset) with an ``axes`` string
+    (letters of ``tczyx`` in the array's own order)."""
 
-    def __init__(self, arr, axes: str | None, files: list[Path], kind: str, closer=None):
+    def __init__(self, arr, axes: str | None, files: list[Path], kind: str, closer=None, geometry=None):
         if arr.ndim not in _DEFAULT_AXES and axes is None:
-            raise SourceError(f"{files[0]}: cannot guess the axes of a {arr.ndim}-D array; pass axes='tcyx'-style")
+            raise SourceError(f"{files[0]}: cannot guess the axes of a {arr.ndim}-D array; pass axes, e.g. "
+                              "'tzcyx' (--axes TZCYX)")
         self.arr, self.kind, self.files, self._closer = arr, kind, files, closer
-        self.axes = _check_axes(axes or _DEFAULT_AXES[arr.ndim], arr.ndim, str(files[0]))
-        dims = dict(zip(self.axes, arr.shape))
-        self.shape = (dims.get("t", 1), dims.get("c", 1), dims["y"], dims["x"])
+        self.src_axes = _check_axes(axes or _DEFAULT_AXES[arr.ndim], arr.ndim, str(files[0]))
+        self.layout = Layout.from_sizes(dict(zip(self.src_axes, arr.shape)))
         self.dtype = np.dtype(arr.dtype)
+        self.geometry = geometry or Geometry()
 
-    def read(self, t0: int, t1: int) -> np.ndarray:
+    def _array(self):
         # A memory map kept open accumulates every touched page in the process RSS (file-backed,
-        # but counted): for .npy, map afresh per block and drop the map after copying the block.
-        arr = np.load(self.files[0], mmap_mode="r", allow_pickle=False) if self.kind == "npy" else self.arr
-        if "t" in self.axes:
-            key = tuple(slice(t0, t1) if a == "t" else slice(None) for a in self.axes)
-            block = np.array(arr[key])
-        else:
-            block = np.array(arr[...])
+        # but counted): for .npy, map afresh per read and drop the map after copying.
+        return np.load(self.files[0], mmap_mode="r", allow_pickle=False) if self.kind == "npy" else self.arr
+
+    def _frame(self, arr, frame: int, ys: slice, xs: slice) -> np.ndarray:
+        t, z = self.layout.frame_tz(frame)
+        parts = {"t": t, "z": z, "c": slice(None), "y": ys, "x": xs}
+        block = np.array(arr[tuple(parts[a] for a in self.src_axes)])
+        return _to_cyx(block, [a for a in self.src_axes if a in "cyx"])
+
+    def read(self, f0: int, f1: int) -> np.ndarray:
+        arr = self._array()
+        _, C, H, W = self.shape
+        out = np.empty((f1 - f0, C, H, W), self.dtype)
+        for f in range(f0, f1):
+            out[f - f0] = self._frame(arr, f, slice(None), slice(None))
         del arr
-        return _axes_to_tcyx(block, self.axes)
+        return out
+
+    def read_region(self, frame: int, ys: slice, xs: slice) -> np.ndarray:
+        arr = self._array()
+        out = self._frame(arr, frame, ys, xs)
+        del arr
+        return out
 
     def close(self) -> None:
         if self._closer is not None:
             self._closer()
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self, sink: list[str]):
-        super().__init__(level=logging.ERROR)
-        self.sink = sink
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.sink.append(record.getMessage())
-
-
-class TiffReader(SourceReader):
-    """TIFF / BigTIFF / OME-TIFF through tifffile, one page at a time."""
-
-    kind = "tiff"
-
-    def __init__(self, path: Path):
-        import tifffile
-
-        self.files = [path]
-        errors: list[str] = []  # tifffile *logs* (does not raise) broken page chains: collect them
-        handler = _ListHandler(errors)
-        log = logging.getLogger("tifffile")
-        log.addHandler(handler)
-        try:
-            self.tf = tifffile.TiffFile(path)
-            series = self.tf.series[0]
-            key = series.keyframe
-            page_axes, page_shape = key.axes, key.shape
-            pages = series.pages
-            n_pages = len(pages)
-        except Exception as exc:  # tifffile raises many types for a broken file
-            raise SourceError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc}); "
-                              "check the file is complete and really a TIFF") from exc
-        finally:
-            log.removeHandler(handler)
-        if page_axes not in ("YX", "YXS", "SYX"):
-            raise SourceError(f"{path}: unsupported TIFF page layout {page_axes!r} (expected YX, YXS or SYX)")
-        self.page_axes = page_axes
-        lead_axes = series.axes[: len(series.axes) - len(page_axes)]
-        lead_shape = tuple(series.shape[: len(lead_axes)])
-        expected = int(np.prod(lead_shape, dtype=np.int64))
-        if expected != n_pages or errors:
-            raise SourceError(f"{path}: the TIFF metadata describes {expected} pages of shape {page_shape} but "
-                              f"{n_pages} are readable{' (' + errors[0] + ')' if errors else ''}; the file is "
-                              "truncated or damaged (re-copy or re-export it)")
-        if "S" in page_axes:
-            C = page_shape[page_axes.index("S")]
-            chan_axis = None
-        elif "C" in lead_axes:
-            chan_axis = lead_axes.index("C")
-            C = lead_shape[chan_axis]
-        else:
-            chan_axis, C = None, 1
-        H, W = page_shape[page_axes.index("Y")], page_shape[page_axes.index("X")]
-        T = n_pages // (C if chan_axis is not None else 1)
-        self.shape = (T, C, H, W)
-        self.dtype = np.dtype(key.dtype)
-        self.pages = pages
-        self._lead_shape, self._chan_axis = lead_shape, chan_axis
-        self._validate_extents(path)
-
-    def _validate_extents(self, path: Path) -> None:
-        """Refuse a truncated file before reading: every page's bytes must lie inside the file."""
-        size = os.path.getsize(path)
-        for i in range(len(self.pages)):
-            try:
-                page = self.pages[i]
-                offsets, counts = page.dataoffsets, page.databytecounts
-            except Exception as exc:
-                raise SourceError(f"{path}: page {i} cannot be parsed ({exc}); the file is damaged") from exc
-            if page is None or len(offsets) == 0:
-                raise SourceError(f"{path}: page {i} has no image data; the file is damaged or truncated")
-            end = max(int(o) + int(c) for o, c in zip(offsets, counts))
-            if end > size:
-                raise SourceError(f"{path}: page {i} needs bytes up to {end} but the file has {size}; "
-                                  "the TIFF is truncated (re-copy or re-export it)")
-
-    def _page_index(self, frame: int, channel: int) -> int:
-        if self._chan_axis is None:
-            return frame
-        other = [s for i, s in enumerate(self._lead_shape) if i != self._chan_axis]
-        idx = list(np.unravel_index(frame, other)) if other else []
-        idx.insert(self._chan_axis, channel)
-        return int(np.ravel_multi_index(idx, self._lead_shape))
-
-    def read(self, t0: int, t1: int) -> np.ndarray:
-        T, C, H, W = self.shape
-        out = np.empty((t1 - t0, C, H, W), self.dtype)
-        for t in range(t0, t1):
-            for c in range(C if self._chan_axis is not None else 1):
-                i = self._page_index(t, c)
-                try:
-                    page = np.asarray(self.pages[i].asarray())
-                except Exception as exc:
-                    raise SourceError(f"{self.files[0]}: page {i} cannot be decoded ({type(exc).__name__}: "
-                                      f"{exc}); the file is damaged") from exc
-                if self.page_axes == "YX":
-                    out[t - t0, c] = page
-                elif self.page_axes == "YXS":
-                    out[t - t0] = np.moveaxis(page, -1, 0)
-                else:  # SYX
-                    out[t - t0] = page
-        return out
-
-    def close(self) -> None:
-        self.tf.close()
 
 
 def _image_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -277,9 +209,14 @@ class FolderReader(SourceReader):
                 raise SourceError(f"mixed frames in {folder}: {files[0].name} is {shape0} {dtype0} but "
                                   f"{f.name} is {shp} {dt}; all frames must share size, channels and dtype")
         self.files = files
-        C = shape0[2] if len(shape0) == 3 else 1
-        self.shape = (len(files), C, shape0[0], shape0[1])
+        sizes = {"t": len(files), "y": shape0[0], "x": shape0[1]}
+        if len(shape0) == 3:
+            sizes["c"] = shape0[2]
+        self.layout = Layout.from_sizes(sizes)
         self.dtype = dtype0
+
+    def read_region(self, frame: int, ys: slice, xs: slice) -> np.ndarray:
+        return self.read(frame, frame + 1)[0][:, ys, xs]
 
     def read(self, t0: int, t1: int) -> np.ndarray:
         out = np.empty((t1 - t0,) + self.shape[1:], self.dtype)
@@ -321,7 +258,9 @@ def open_source(source: str | os.PathLike, *, dataset: str | None = None, axes: 
             raise SourceError(f"{path}: not a readable .npy file ({exc})") from exc
         return ArrayReader(arr, axes, [path], "npy")
     if suffix in TIFF_EXTS:
-        return TiffReader(path)
+        from .tiff import TiffReader
+
+        return TiffReader(path, axes)
     raise SourceError(f"{path}: unknown source type {suffix!r}; give a TIFF, .npy, HDF5 (file.h5:/dataset) "
                       "or a folder of PNG/JPEG/TIFF frames")
 
@@ -342,6 +281,16 @@ def _open_h5(path: Path, ds_name: str | None, axes: str | None) -> SourceReader:
     if ds_name not in fh or not isinstance(fh[ds_name], h5py.Dataset):
         fh.close()
         raise SourceError(f"{path}: no dataset {ds_name!r} in the file")
-    reader = ArrayReader(fh[ds_name], axes, [path], "hdf5", closer=fh.close)
+    ds = fh[ds_name]
+    if axes is None:  # dimension scales labelled with axis letters (e.g. 'z', 'y', 'x')
+        labels = "".join(str(d.label or "?").strip().lower()[:1] for d in ds.dims)
+        if all(str(d.label).strip().lower() in ("t", "c", "z", "y", "x", "time", "channel") for d in ds.dims):
+            axes = labels
+    try:
+        reader = ArrayReader(ds, axes, [path], "hdf5", closer=fh.close)
+    except SourceError:
+        fh.close()
+        raise
+    reader.geometry = from_hdf5(ds, reader.src_axes) or Geometry()
     reader.dataset = ds_name
     return reader

@@ -27,7 +27,7 @@ def params(env, out, **kw):
 
 
 def recon(path) -> np.ndarray:
-    return np.asarray(storage.open_output(path).group()["recon/0"][:])
+    return storage.open_output(path).recon()[:]
 
 
 def staging(path) -> np.ndarray:
@@ -160,6 +160,11 @@ def test_audit_flow_writes_dataset_and_report(flows_env, straight):
     assert len(res["chi2_nu"]) == 2 and all(np.isfinite(res["chi2_nu"]))
     ds = xr.open_zarr(LocalStore(straight[0], read_only=True), group="audit", consolidated=False, zarr_format=3)
     assert ds["chi2_nu"].shape == (2,) and ds["tile_flagged"].shape == (2, 4) and ds["flag_map"].shape == (2, 48, 40)
+    # the flags are also the OME-NGFF label image over the reconstruction (viewers overlay it)
+    import zarr
+    labels = zarr.open_group(straight[0], mode="r")["labels"]
+    assert labels.attrs["ome"]["labels"] == ["audit_flags"]
+    assert np.array_equal(labels["audit_flags/0"][:].astype(bool), ds["flag_map"].values)
     report = res["report"]
     text = open(report, encoding="utf-8").read()
     assert "Per sample" in text and "frame 1" in text

@@ -25,7 +25,7 @@ def test_default_path_improves_every_frame_without_seams(prefect_harness, tmp_pa
     flows.reconstruct_stack(p)
     out = storage.open_output(p.output_store)
     assert out.plan.n_tiles == 4 and out.manifest["config"]["hyperparameters"]["x_update"] == "discrepancy"
-    x = out.intensity.to_model(np.asarray(out.group()["recon/0"][:]))
+    x = out.intensity.to_model(out.recon()[:])
     truth = 2 * np.load(data["truth"]) - 1
     degraded = 2 * np.load(data["degraded"]) - 1
     gain = (psnr(torch.from_numpy(x).clamp(-1, 1), torch.from_numpy(truth))

@@ -46,7 +46,7 @@ def _heldout(n: int, names=("camera", "coins")) -> np.ndarray:
 
 
 def _recon(out_path) -> np.ndarray:
-    return np.asarray(storage.open_output(out_path).group()["recon/0"][:])
+    return np.asarray(storage.open_output(out_path).recon()[:])
 
 
 @pytest.mark.slow
@@ -135,7 +135,7 @@ def test_mri_kspace_stack_beats_zero_filled(prefect_harness, tmp_path):
 
     kin = np.asarray(next(iter(Reader(parse_url(str(store)))())).data[0])
     assert kin.dtype == np.complex64 and np.array_equal(kin[:, 0], k.astype(np.complex64))
-    assert np.array_equal(BioImage(str(tmp_path / "out.zarr" / "recon"), reader=BioReader).get_image_data("TCYX"), x)
+    assert np.array_equal(BioImage(str(tmp_path / "out.zarr"), reader=BioReader).get_image_data("TCYX"), x)
 
 
 @pytest.mark.slow

@@ -77,8 +77,9 @@ def test_round_trip_exact(tmp_path, kind, dtype):
     assert storage.verify_stack(tmp_path / "in.zarr")
     assert st.meta["source"]["sha256"] is not None and len(st.meta["source"]["sha256"]) == 64
     assert st.meta["dtype"] == src.dtype.str
-    assert tuple(st.array.metadata.dimension_names) == ("t", "c", "y", "x")
-    assert st.array.chunks == (1, 1, 16, 16) and st.array.shards == (1, 1, 48, 48)  # auto shard = 4 chunks, clipped
+    axes = "tczyx" if kind == "ome-tiff" else "tyx"  # an OME-TIFF keeps its model's 5 axes (c, z of size 1)
+    assert tuple(st.data.metadata.dimension_names) == tuple(axes) and st.axes == axes
+    assert st.data.chunks[-2:] == (16, 16) and st.data.shards[-2:] == (48, 48)  # auto shard = 4 chunks, clipped
 
 
 def test_rgb_and_channel_axes(tmp_path):
@@ -125,10 +126,10 @@ def test_ome_ngff_05_validates(tmp_path):
     storage.ingest(spec, tmp_path / "in.zarr", pixel_size=(0.5, 0.25), space_unit="micrometer", time_step=2.0)
     img = ome_image.Image.from_zarr(zarr.open_group(tmp_path / "in.zarr", mode="r"))
     ms = img.attributes.ome.multiscales[0]
-    assert [a.name for a in ms.axes] == ["t", "c", "y", "x"]
-    assert [a.type for a in ms.axes] == ["time", "channel", "space", "space"]
-    assert ms.axes[2].unit == "micrometer"
-    assert list(ms.datasets[0].coordinateTransformations[0].scale) == [2.0, 1.0, 0.5, 0.25]
+    assert [a.name for a in ms.axes] == ["t", "y", "x"]  # the axes the data has (no c, no z)
+    assert [a.type for a in ms.axes] == ["time", "space", "space"]
+    assert ms.axes[1].unit == "micrometer" and ms.axes[0].unit == "second"
+    assert list(ms.datasets[0].coordinateTransformations[0].scale) == [2.0, 0.5, 0.25]
     # the validator is not a rubber stamp: a wrong axis order must be rejected
     meta_path = tmp_path / "in.zarr" / "zarr.json"
     meta = json.loads(meta_path.read_text())

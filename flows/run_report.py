@@ -1,0 +1,121 @@
+"""What a reconstruction run publishes in the Prefect UI besides its progress bar: the per-frame fit
+table (one χ²_ν definition, shared with the audit), and — when it fails or is interrupted — a
+failure summary, the progress artifact marked as failed, and a ``ddiff.run.failed`` event.
+
+Room: ``flows`` — prefect artifacts, ``storage`` (ledger counts), :mod:`flows.ui`,
+:func:`flows.audit.audit_frames` (the frame statistics). No torch math here.
+
+**χ²_ν, one definition.** The number reported for a *frame* — in this summary, in the audit table
+and in ``ddiff demo`` — is the audit's: the assembled reconstruction ``x̂`` re-measured on the whole
+frame, ``χ²_ν = ‖y − A(x̂)‖² / (m σ²)`` over the measurement entries at least the operator's halo
+away from the frame edge (there ``A(x̂)`` depends on the scene outside the frame, which ``x̂`` does
+not contain). The solver's own per-*tile* value (``diagnostics/chi2_nu``, what the self-calibrated
+data step drives to τ) is computed on each tile's blend window against its reflect-padded read
+window, border included; it is shown as a separate column and can differ by a few percent
+(``docs/audit.md`` §1, "Frame and tile χ²_ν").
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+
+import storage
+
+from .ui import abspath, artifact_key, emit, failure_markdown
+
+__all__ = ["frame_fit_rows", "publish_fit_table", "publish_failure", "resume_command"]
+
+
+def frame_fit_rows(output_store) -> list[dict]:
+    """Per frame of a finished output: the frame χ²_ν (the audit's definition), its expectation, z, p,
+    and the range of the solver's tile χ²_ν."""
+    from .audit import CHUNK, audit_frames
+    from .audit_report import frame_rows
+
+    out = storage.open_output(output_store)
+    tile_chi = np.asarray(out.open_diagnostics()["chi2_nu"].values, dtype=np.float64)
+    rows = []
+    for c0 in range(0, out.n_frames, CHUNK):
+        c1 = min(out.n_frames, c0 + CHUNK)
+        res = audit_frames(out.path, c0, c1)[0]
+        for t, r in zip(range(c0, c1), frame_rows(res)):
+            tc = tile_chi[t]
+            rows.append({"frame": t, "chi2_nu": r["chi2_nu"], "expected": r["expected"], "z": r["z"],
+                         "p_misfit": r["p_misfit"], "tile_chi2_nu_min": round(float(np.nanmin(tc)), 4),
+                         "tile_chi2_nu_max": round(float(np.nanmax(tc)), 4)})
+    return rows
+
+
+def publish_fit_table(output_store, rows: list[dict]) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(rows, key=artifact_key("reconstruct-frames", output_store),
+                          description=f"per-frame fit of {abspath(output_store)}: chi2_nu = the audit's frame χ²_ν "
+                                      "(assembled frame, halo border excluded); tile_chi2_nu_* = the solver's own "
+                                      "per-tile fit (blend windows, border included)")
+
+
+def resume_command(p) -> list[str]:
+    """The commands that resume the run of :class:`flows.params.ReconstructParams` ``p``: the same
+    ``ddiff reconstruct`` command line, and the deployment run when it came from one."""
+    from prefect.runtime import deployment, flow_run
+
+    args = ["ddiff", "reconstruct", abspath(p.input_store), abspath(p.output_store), "--operator", p.operator.name]
+    for k, v in (p.operator.params or {}).items():
+        args += ["--op-param", f"{k}={v}"]
+    args += ["--noise", p.noise.kind, "--sigma", f"{p.noise.sigma:g}"]
+    if p.noise.kind != "gaussian":
+        args += ["--gain", f"{p.noise.gain:g}"]
+    args += ["--prior", p.prior, "--solver", p.solver.name]
+    if p.solver.steps is not None:
+        args += ["--steps", str(p.solver.steps)]
+    if p.solver.settings != "auto":
+        args += ["--hp", p.solver.settings]
+    for k, v in p.solver.hyperparameters.items():
+        args += ["--hp", f"{k}={v}"]
+    ex = p.execution
+    args += ["--tile", str(p.tile), "--overlap", str(p.overlap), "--seed", str(p.seed), "--batch-size",
+             str(ex.batch_size), "--dtype", ex.dtype, "--device", ex.device]
+    cmds = [shlex.join(args)]
+    try:
+        if deployment.name and flow_run.flow_name:
+            cmds.insert(0, f"prefect deployment run '{flow_run.flow_name}/{deployment.name}'   # same parameters")
+    except Exception:  # noqa: BLE001
+        pass
+    return cmds
+
+
+def publish_failure(p, exc: BaseException, progress_id=None, flow: str = "reconstruct-stack") -> None:
+    """After a failed or interrupted reconstruction: mark the progress artifact, publish the failure
+    summary under the run's summary key (the latest summary of that output says it failed), emit
+    ``ddiff.run.failed``. Never raises (the run's own error is what the caller re-raises)."""
+    from prefect.artifacts import create_markdown_artifact, update_progress_artifact
+
+    try:
+        out = storage.open_output(p.output_store)
+        solved, total = out.ledger.count("solved"), out.n_frames * out.plan.n_tiles
+    except Exception:  # noqa: BLE001 - the output was never created
+        solved, total = 0, None
+    where = abspath(p.output_store)
+    if total is None:
+        safe = [f"nothing was written to `{where}` (the run stopped before creating it)",
+                f"the input `{abspath(p.input_store)}` is only ever read"]
+    else:
+        safe = [f"{solved} of {total} tiles are solved and recorded in the ledger of `{where}`; a rerun skips them "
+                "and gives bit-identical output", f"the input `{abspath(p.input_store)}` is only ever read",
+                "`recon/0` is complete only when the run finishes (the COMPLETE marker); do not use it before"]
+    try:
+        if progress_id is not None and total:
+            update_progress_artifact(progress_id, progress=100.0 * solved / total,
+                                     description=f"FAILED at {solved}/{total} tiles ({type(exc).__name__}) — "
+                                                 "see the reconstruct summary")
+        create_markdown_artifact(failure_markdown(f"reconstruction of `{where}`", exc, safe, resume_command(p)),
+                                 key=artifact_key("reconstruct-summary", p.output_store),
+                                 description=f"FAILED: reconstruction of {where}")
+    except Exception:  # noqa: BLE001
+        pass
+    emit("ddiff.run.failed", p.output_store, {"flow": flow, "error": f"{type(exc).__name__}: {exc}"[:500],
+                                              "tiles_solved": solved, "tiles_total": total,
+                                              "input": abspath(p.input_store), "resume": resume_command(p)[-1]})

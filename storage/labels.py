@@ -1,0 +1,36 @@
+"""Flag maps as OME-NGFF label images over the reconstruction (``labels/<name>`` of an output).
+
+Room: ``storage`` — numpy, zarr (through :mod:`storage.pyramid`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .output import _as_output
+from .pyramid import write_label
+from .safety import require_lock
+
+__all__ = ["LABELS", "write_flag_label"]
+
+
+#: label images the pipeline writes: name -> (colours, properties)
+LABELS = {
+    "audit_flags": ({1: (255, 0, 255, 160)}, {1: {"class": "flagged: residual structure the noise model does not "
+                                                           "explain (hallucination audit, windows with p < alpha)"}}),
+    "prior_filled": ({1: (255, 160, 0, 160)}, {1: {"class": "prior-filled: seeds differ where the data is blind"}}),
+}
+
+
+def write_flag_label(out, name: str, frame: int, mask: np.ndarray, *, run_id: str | None = None) -> None:
+    """Write a boolean ``(H·f, W·f)`` map of ``frame`` as the OME-NGFF label image ``labels/<name>``
+    (value 1 where True), with the reconstruction's axes, levels and physical scale, so viewers
+    overlay it on the image (names and colours: :data:`LABELS`; other names get magenta)."""
+    out = _as_output(out)
+    require_lock(out.path, run_id)
+    if not 0 <= int(frame) < out.n_frames:
+        raise ValueError(f"frame {frame} out of range: the output has {out.n_frames} frames")
+    colors, props = LABELS.get(name, ({1: (255, 0, 255, 160)}, {1: {"class": name}}))
+    scale, units = out.geometry
+    write_label(out.path, name, int(frame), np.asarray(mask).astype(np.uint8), layout=out.layout, levels=out.levels,
+                chunks=tuple(out.manifest["recon"]["chunks"]), scale=scale, units=units, colors=colors,
+                properties=props)
