@@ -28,12 +28,14 @@ from ddiff.audit import audit
 
 from . import tiles as T
 from .audit_report import frame_rows, render_audit_report, summary_markdown
+from .checks import check_audit
 from .params import AuditParams, NoiseSpec
 from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, run_tags, tag_this_run
 
 __all__ = ["audit_reconstruction", "audit_frames", "CHUNK"]
 
-CHUNK = 16  # frames audited (and held in memory) at once
+CHUNK = 16  # frames audited (and held in memory) at once, at most ...
+CHUNK_BYTES = 256 << 20  # ... and fewer when their float32 reconstructions pass this (big frames: one at a time)
 
 
 def _frames(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: int):
@@ -48,7 +50,7 @@ def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, contr
     if not out.complete:
         raise storage.StorageError(f"{out.path} is not complete; finish `ddiff reconstruct` (rerun it to resume) first")
     cfg = out.manifest["config"]
-    stack = storage.open_stack(out.manifest["input"]["path"])
+    stack = storage.open_input(out)  # refuses an input re-ingested since the reconstruction (one line)
     if storage.is_frame_output(out):  # measurements of a global operator: whole-frame tests only
         from .frames import audit_inputs
 
@@ -88,6 +90,7 @@ def audit_reconstruction(params: AuditParams) -> dict:
 
     p = params if isinstance(params, AuditParams) else AuditParams.model_validate(params)
     logger = get_run_logger()
+    check_audit(p.output_store)  # complete, and its input is still the one it was made from
     out = storage.open_output(p.output_store)
     cfg = out.manifest["config"]
     tag_this_run(run_tags(operator=cfg["operator"]["name"], solver=cfg.get("solver"), prior=cfg.get("prior")))
@@ -96,8 +99,10 @@ def audit_reconstruction(params: AuditParams) -> dict:
     chi, pv, flags_frame, tile_flags, first = [], [], [], np.zeros((n, plan.n_tiles), bool), None
     rows: list[dict] = []
     with storage.RunLock(out.path) as lock:
-        for c0 in range(0, n, CHUNK):
-            c1 = min(n, c0 + CHUNK)
+        _, C, Ho, Wo = out.recon().shape
+        step = max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
+        for c0 in range(0, n, step):
+            c1 = min(n, c0 + step)
             res, x, y, op = audit_frames(out.path, c0, c1, alpha=p.alpha, window=p.window, control=p.control)
             if first is None:
                 first = (res, x, y)

@@ -4,6 +4,11 @@ Room: ``flows`` — argparse + rich on top of the flows. Each command builds the
 parameters and calls the flow (Prefect runs it against ``PREFECT_API_URL`` when set, otherwise it
 starts a temporary local server for the duration of the command — no network needed).
 
+Pre-flight: ``ingest``, ``reconstruct`` and ``audit`` check everything checkable before Prefect
+starts (:mod:`flows.checks`); the temporary API server (when no ``PREFECT_API_URL`` is set) dies
+with the command, however it ends (:mod:`flows.api_server`). Messages name the command's flags
+(``--overwrite``, not ``overwrite=True``: :func:`flows.console.cli_spelling`).
+
 Errors: bad input (``ValueError`` and its subclasses — storage errors, validation errors —,
 missing files, a locked output) print ONE line ``ddiff: error: ...`` and exit with code 2; any
 other failure prints one line and exits with 1 (``--debug`` shows the traceback).
@@ -19,9 +24,17 @@ from pathlib import Path
 # the helpers the demo shares live in flows.console (no import cycle cli <-> demo); these names stay
 # importable from flows.cli as before
 from .console import (_BenchProgress, _console, _kv, _LedgerProgress, _PollProgress,  # noqa: F401
-                      _solver_options, _spinner)
+                      _solver_options, _spinner, cli_spelling)
 
 __all__ = ["main", "build_parser"]
+
+
+def command_server():
+    """The command's temporary Prefect API server, killed with the command (:mod:`flows.api_server`);
+    started only after the pre-flight checks, so bad input never waits for it."""
+    from .api_server import command_server as server
+
+    return server()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,18 +108,25 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
 # commands
 # ---------------------------------------------------------------------------------------------
 def cmd_ingest(a) -> int:
-    from . import ingest_stack
+    from .checks import check_ingest
     from .params import IngestParams
 
     intensity = a.intensity
     if "," in intensity:
-        intensity = [float(v) for v in intensity.split(",")]
+        try:
+            intensity = [float(v) for v in intensity.split(",")]
+        except ValueError:
+            raise ValueError(f"--intensity {a.intensity!r}: give two numbers LOW,HIGH (e.g. 0,4095) or one of "
+                             "percentile, minmax, dtype") from None
     pixel = None if a.pixel_size is None else [float(v) for v in a.pixel_size.split(",")]
     p = IngestParams(source=a.source, store=a.store, axes=a.axes, chunk=a.chunk, intensity=intensity,
                      nonfinite=a.nonfinite, overwrite=a.overwrite, pixel_size=pixel, z_step=a.z_step,
                      time_step=a.time_step, space_unit=a.space_unit, time_unit=a.time_unit, domain=a.domain,
                      angles=a.angles, mask=a.mask, image_size=a.image_size, oversample=a.oversample)
-    with _spinner(f"ingesting {a.source}", not a.no_progress):
+    check_ingest(p)  # before Prefect starts: a bad source or target is reported in a second
+    from . import ingest_stack
+
+    with command_server(), _spinner(f"ingesting {a.source}", not a.no_progress):
         info = ingest_stack(p)
     _console().print(f"[green]ingested[/green] {info['store']}  axes {info['axes']} {info['sizes']}  {info['dtype']}  "
                      f"pixel {info['scale']} {info['units']} (from {info['geometry_source']})"
@@ -116,10 +136,13 @@ def cmd_ingest(a) -> int:
 
 
 def cmd_reconstruct(a) -> int:
-    from . import reconstruct_stack
+    from .checks import check_reconstruct
 
     p = _reconstruct_params(a)
-    with _LedgerProgress(p.output_store, "tiles solved", not a.no_progress):
+    check_reconstruct(p)  # before Prefect starts (the flow checks again; the loaded prior is cached)
+    from . import reconstruct_stack
+
+    with command_server(), _LedgerProgress(p.output_store, "tiles solved", not a.no_progress):
         r = reconstruct_stack(p)
     _console().print(f"[green]done[/green] {r['output']}: {r['solved']} tiles solved, {r['skipped']} resumed, "
                      f"{r['wall_seconds']:.1f}s (solver {r['solver_seconds']:.1f}s)")
@@ -128,9 +151,11 @@ def cmd_reconstruct(a) -> int:
 
 def cmd_audit(a) -> int:
     from . import audit_reconstruction
+    from .checks import check_audit
     from .params import AuditParams
 
-    with _spinner(f"auditing {a.output}", not a.no_progress):
+    check_audit(a.output)
+    with command_server(), _spinner(f"auditing {a.output}", not a.no_progress):
         r = audit_reconstruction(AuditParams(output_store=a.output, report_dir=a.report_dir, alpha=a.alpha,
                                              window=a.window))
     _console().print(f"[green]audit[/green] report {r['report']}; frames flagged {r['frames_flagged']}; "
@@ -146,7 +171,7 @@ def cmd_train(a) -> int:
                     batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device, max_minutes=a.max_minutes,
                     export=a.export, init=a.init, lr_schedule=a.lr_schedule, lr_min=a.lr_min,
                     warmup_steps=a.warmup_steps, ema_decay=a.ema, low_t_fraction=a.low_t_fraction)
-    with _spinner(f"training {a.preset} ({a.steps} steps, log: {a.out_dir}/loss.jsonl)", not a.no_progress):
+    with command_server(), _spinner(f"training {a.preset} ({a.steps} steps, log: {a.out_dir}/loss.jsonl)", not a.no_progress):
         r = train_prior(p)
     _console().print(f"[green]trained[/green] step {r.get('step')} loss {r.get('last_loss')} -> {r.get('checkpoint')}"
                      + (f"; exported {r['exported']}" if r.get("exported") else ""))
@@ -173,7 +198,7 @@ def cmd_bench(a) -> int:
         noise_sweep_solvers=listed(a.noise_sweep_solvers), nfe_sweep_solvers=listed(a.nfe_sweep_solvers),
         phase_retrieval_runs=a.pr_runs, hyperparameters=hp, nonlinear_blur_weights=a.nonlinear_blur_weights,
         seed=a.seed, device=a.device, dtype=a.dtype, overwrite=a.overwrite)
-    with _BenchProgress(a.out, f"benchmark ({a.preset})", not a.no_progress):
+    with command_server(), _BenchProgress(a.out, f"benchmark ({a.preset})", not a.no_progress):
         r = benchmark(p, command="ddiff " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None)
     from rich.markdown import Markdown
 
@@ -188,7 +213,8 @@ def cmd_bench(a) -> int:
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
-    return run_demo(a)
+    with command_server():
+        return run_demo(a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,8 +360,9 @@ def _one_line(exc: BaseException) -> str:
         for e in exc.errors():
             loc = ".".join(str(v) for v in e.get("loc", ()))
             parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-        return "invalid parameters: " + "; ".join(parts)
+        return cli_spelling("invalid parameters: " + "; ".join(parts))
     text = " ".join(line.strip() for line in str(exc).strip().splitlines()) or type(exc).__name__
+    text = cli_spelling(text)
     return text if len(text) <= 500 else text[:497] + "..."
 
 

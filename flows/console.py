@@ -10,7 +10,41 @@ line's internals, not API (``flows.cli`` re-exports them under the same names).
 from __future__ import annotations
 
 import json
+import re
 import threading
+
+#: Python keyword spellings in messages -> the command line's flags (one table, used by cli_spelling)
+_CLI_SPELLINGS = [
+    (r"\boverwrite=True\b", "--overwrite"),
+    (r"\bnonfinite='(\w+)'", r"--nonfinite \1"),
+    (r"\baxes='([a-z]*)'(?:-style)?", r"--axes \1"),
+    (r"\bintensity='(\w+)'", r"--intensity \1"),
+    (r"\bnoise\.sigma\b", "--sigma"),
+    (r"\bnoise\.gain\b", "--gain"),
+    (r"\bexecution\.device='([^']*)'", r"--device \1"),
+    (r"\bexecution\.device\b", "--device"),
+    (r"\bexecution\.torch_threads\b", "--threads"),
+    (r"\boperator\.params (\w+)=", r"--op-param \1="),
+    (r"\boperator\.params\b", "--op-param"),
+    (r"\bsolver\.hyperparameters (\w+)=", r"--hp \1="),
+    (r"\bsolver\.hyperparameters\b", "--hp"),
+    (r"\bexecution\.batch_size\b", "--batch-size"),
+    (r"\bexecution\.max_workers\b", "--workers"),
+    (r"\bexecution\.dask_workers\b", "--dask-workers"),
+    (r"\bsolver\.steps\b", "--steps"),
+    (r"\boverlap=(\d+)", r"--overlap \1"),
+    (r"\btile=(\d+)", r"--tile \1"),
+    (r"\bprior='([^']*)'", r"--prior \1"),
+]
+
+
+def cli_spelling(text: str) -> str:
+    """A message written with the Python keyword names (``overwrite=True``, ``noise.sigma``,
+    ``operator.params k=v``) re-spelled with the command line's flags (``--overwrite``, ``--sigma``,
+    ``--op-param k=v``), so each interface speaks its own language."""
+    for pat, rep in _CLI_SPELLINGS:
+        text = re.sub(pat, rep, text)
+    return text
 
 
 def _kv(items: list[str] | None, what: str) -> dict:

@@ -87,6 +87,7 @@ def demo_pipeline(folder: str, frames: int = 8, size: int = 128, sigma: float = 
     and their wall times."""
     from . import audit_reconstruction, ingest_stack, reconstruct_stack
     from .params import AuditParams, IngestParams, ReconstructParams
+    from .run_report import publish_verdict
 
     root = Path(folder).resolve()
     solver = solver or {"name": "ddiff"}
@@ -109,12 +110,15 @@ def demo_pipeline(folder: str, frames: int = 8, size: int = 128, sigma: float = 
             seed=seed, execution=execution or {}, overwrite=True)
         t = time.perf_counter()
         with _LedgerProgress(p.output_store, "tiles solved", progress):
-            rec = reconstruct_stack(p)
+            states = {"reconstruct": reconstruct_stack(p, return_state=True)}
+            rec = states["reconstruct"].result()
         stamps["reconstruct"] = time.perf_counter() - t
         t = time.perf_counter()
         with _spinner("auditing", progress):
-            aud = audit_reconstruction(AuditParams(output_store=p.output_store))
+            states["audit"] = audit_reconstruction(AuditParams(output_store=p.output_store), return_state=True)
+            aud = states["audit"].result()
         stamps["audit"] = time.perf_counter() - t
+    publish_verdict(p.output_store, rec, aud, states, AuditParams.model_fields["alpha"].default)
     return {"data": data, "input": p.input_store, "output": p.output_store, "reconstruct": rec, "audit": aud,
             "stamps": stamps}
 

@@ -215,6 +215,28 @@ def frame_chi2_flags(out: storage.OutputStore, alpha: float = 0.01) -> list[tupl
     return [(int(t), int(k), float(chi[t, k]), float(p[t, k])) for t, k in zip(*np.nonzero(p < alpha))]
 
 
+def check_frames(p: ReconstructParams):
+    """:func:`flows.checks.check_reconstruct` for a measurement store: everything that can fail before
+    the first frame, checked without writing; returns :class:`flows.checks.Prepared` (``geo`` None)."""
+    from .checks import Prepared, _prior_error, check_solver
+
+    stack = storage.open_stack(p.input_store)
+    meas = storage.measurement_of(stack)
+    config, prior_sha = frame_config(p, stack, meas)
+    try:
+        prior = T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _prior_error(p.prior, exc) from None
+    if int(prior.channels) != stack.shape[1]:
+        raise ValueError(f"prior={p.prior!r} models {prior.channels}-channel images but the measurements in "
+                         f"{p.input_store} have {stack.shape[1]} channel(s)")
+    check_solver(config, prior)
+    action, _ = storage.output_action(p.output_store, stack, storage.TilePlan(stack.frame_shape, halo=None), config,
+                                      prior_sha256=prior_sha, overwrite=p.overwrite, replace_unused=True,
+                                      frames=storage.frame_spec(meas))
+    return Prepared(config, None, prior_sha, prior, action)
+
+
 def reconstruct_frames(p: ReconstructParams, state: dict) -> dict:
     """The whole-frame path of ``reconstruct_stack`` (called inside that flow); same result dict.
     ``state["progress"]``: the progress artifact's id (for the failure summary)."""
@@ -226,12 +248,10 @@ def reconstruct_frames(p: ReconstructParams, state: dict) -> dict:
     t0 = time.perf_counter()
     stack = storage.open_stack(p.input_store)
     meas = storage.measurement_of(stack)
-    config, prior_sha = frame_config(p, stack, meas)
-    prior = T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype)
-    T.make_solver(config, prior)  # the solver accepts its keywords before a byte is written
-    if prior.channels != stack.shape[1]:
-        raise ValueError(f"the prior has {prior.channels} channel(s) but the measurements have {stack.shape[1]}")
-    out = storage.create_frame_output(p.output_store, stack, config, prior_sha256=prior_sha, overwrite=p.overwrite)
+    prep = check_frames(p)  # before a byte is written (a start that fails here leaves nothing)
+    config, prior_sha = prep.config, prep.prior_sha256
+    out = storage.create_frame_output(p.output_store, stack, config, prior_sha256=prior_sha, overwrite=p.overwrite,
+                                      replace_unused=True)
     lock = storage.RunLock(out.path, run_id=str(flow_run.id or "") or None).acquire()
     try:
         total, already = out.n_frames, out.ledger.count("solved")

@@ -13,7 +13,9 @@ Made to be *deployed* (``deployments/prefect.yaml``, ``docs/deploy.md``):
 * testing knobs (``fail_after_tiles``) are not parameters: the run form cannot offer them;
 * each stage is a child run with a name from the data and the tags ``operator:``/``solver:``/
   ``prior:``/``user:``; a failed stage publishes a failure summary and a ``ddiff.run.failed`` event
-  (the reconstruction does so itself, :mod:`flows.run_report`).
+  (the reconstruction does so itself, :mod:`flows.run_report`);
+* the parent run carries the verdict artifact ``verdict-…``: OK / LOOK, the per-frame audit table,
+  links to the child runs.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
 
 from .params import AuditParams, ExecutionSpec, IngestParams, NoiseSpec, OperatorSpec, ReconstructParams, SolverSpec
+from .run_report import publish_verdict
 from .ui import abspath, artifact_key, emit, failure_markdown, flow_run_namer, run_tags, tag_this_run
 
 __all__ = ["process_stack", "VARIABLES"]
@@ -97,23 +100,30 @@ def process_stack(
     stage = "ingest"
     try:
         with tags(*run):
+            states = {}
             if source and not (Path(input_store) / "zarr.json").is_file():
-                ingest_stack(IngestParams(source=source, store=input_store, axes=ingest_axes,
-                                          intensity=ingest_intensity))
+                states["ingest"] = ingest_stack(IngestParams(source=source, store=input_store, axes=ingest_axes,
+                                                             intensity=ingest_intensity), return_state=True)
+                states["ingest"].result()
             elif source:
                 logger.info("%s already ingested: ingest skipped", abspath(input_store))
             stage = "reconstruct"
             p = ReconstructParams(input_store=input_store, output_store=output_store, operator=operator, noise=noise,
                                   prior=prior, solver=solver, tile=tile, overlap=overlap, seed=seed,
                                   execution=execution, overwrite=overwrite)
-            rec = reconstruct_stack(p)
+            states["reconstruct"] = reconstruct_stack(p, return_state=True)
+            rec = states["reconstruct"].result()
             stage = "audit"
-            aud = audit_reconstruction(AuditParams(output_store=output_store, alpha=audit_alpha, window=audit_window))
+            states["audit"] = audit_reconstruction(AuditParams(output_store=output_store, alpha=audit_alpha,
+                                                               window=audit_window), return_state=True)
+            aud = states["audit"].result()
+        verdict = publish_verdict(output_store, rec, aud, states, audit_alpha)
+        logger.info("%s — %s", verdict, abspath(output_store))
     except BaseException as exc:
         if stage != "reconstruct":  # the reconstruction publishes its own failure summary and event
             _stage_failed(stage, exc, input_store, output_store, source)
         raise
-    return {"input": abspath(input_store), "output": abspath(output_store), "reconstruct": rec,
+    return {"input": abspath(input_store), "output": abspath(output_store), "verdict": verdict, "reconstruct": rec,
             "audit": {k: aud[k] for k in ("report", "dataset", "frames_flagged")}}
 
 

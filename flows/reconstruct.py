@@ -19,6 +19,7 @@ limit ``execution.gpu_limit`` (``strict=True``) when the device is CUDA.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,21 +35,30 @@ import storage
 from ddiff.priors.loading import NAMED_WEIGHTS
 
 from . import tiles as T
+from .checks import check_reconstruct
 from .params import ReconstructParams
 from .ui import abspath, artifact_key, batch_label, ensure_gpu_limit, flow_run_namer, run_tags, tag_this_run
 
 __all__ = ["reconstruct_stack", "run_config", "artifact_key"]
 
 
-def _not_injected(task, task_run, state) -> bool:
-    """Retry real failures, never the deliberate ``fail_after_tiles`` interruption."""
+def _retryable(task, task_run, state) -> bool:
+    """Retry failures a second try may fix (a lost worker, a transient I/O error); never the
+    deliberate ``fail_after_tiles`` interruption nor deterministic errors — bad input or
+    configuration (``ValueError``, storage errors) and writes that fail for a lasting reason (disk
+    full, file-size limit, read-only or vanished folder): those fail the same way again."""
     try:
         state.result()
-    except T.InjectedFailure:
+    except (T.InjectedFailure, ValueError, TypeError, KeyError):
         return False
+    except OSError as exc:
+        return exc.errno not in storage.safety.DETERMINISTIC_ERRNOS
     except Exception:  # noqa: BLE001
         return True
     return True
+
+
+_not_injected = _retryable  # the name tests and older callers use
 
 
 def _batch_run_name(parameters: dict) -> str:
@@ -56,8 +66,8 @@ def _batch_run_name(parameters: dict) -> str:
     return "solve " + (d.get("label") or batch_label(d.get("items") or []))
 
 
-@task(name="solve-tile-batch", task_run_name=_batch_run_name, persist_result=False, cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1,
-      retry_condition_fn=_not_injected)
+@task(name="solve-tile-batch", task_run_name=_batch_run_name, persist_result=False, cache_policy=NO_CACHE, retries=1,
+      retry_delay_seconds=1, retry_condition_fn=_retryable)
 def solve_tiles(desc: dict) -> dict:
     """One batch of tiles (descriptor in, small dict out); see :func:`flows.tiles.solve_batch`."""
     return T.solve_batch(desc)
@@ -99,6 +109,9 @@ def solver_config(p: ReconstructParams, op_name: str, op_params: dict, prior_pat
         "seed": int(p.seed),
         "batch_size": int(p.execution.batch_size),
         "dtype": p.execution.dtype,
+        # torch's CPU reductions split work by thread count, so it changes the last bits: every task
+        # runs with this recorded count (local threads, Dask workers, a resumed mix give the same bytes)
+        "torch_threads": T.resolved_threads(p.execution.torch_threads),
     }
     if p.solver.seeds > 1:  # only then: configurations of single-sample runs keep their hash
         config["seeds"] = int(p.solver.seeds)
@@ -148,25 +161,62 @@ def solve_stage(params: ReconstructParams, run_id: str, artifact_id: str | None 
             left -= n_new
         descs = cut
     task = solve_tiles.with_options(retries=p.execution.retries)
-    with tags(*run_tags(operator=p.operator.name, solver=p.solver.name, prior=p.prior)):
-        futures = [task.submit(d) for d in descs]
-    done_tiles, solver_s, nfe, errors, pids = already, 0.0, 0, [], set()
-    for fut in as_completed(futures):
+    window = _in_flight(p)
+    pending, running = list(descs), []
+    done_tiles, solver_s, nfe, errors, pids, threads = already, 0.0, 0, [], set(), set()
+    while pending or running:
+        # keep at most `window` batches in flight; after the first error nothing new is scheduled
+        while pending and len(running) < window and not errors:
+            with tags(*run_tags(operator=p.operator.name, solver=p.solver.name, prior=p.prior)):
+                running.append(task.submit(pending.pop(0)))
+        if not running:
+            break
+        fut = next(as_completed(running))
+        running.remove(fut)
         try:
             r = fut.result()
-        except Exception as exc:  # noqa: BLE001 - finish the others (their work is kept), then raise
+        except Exception as exc:  # noqa: BLE001 - let the running ones finish (their work is kept), then raise
+            if not errors:
+                logger.error("stopping: %s (%d batches not started)", exc, len(pending))
             errors.append(exc)
             continue
         done_tiles += r["written"]
         solver_s += r["seconds"]
         nfe += r["nfe"] * r["tiles"]
         pids.add(r["pid"])
+        threads.add(r.get("threads"))
         if artifact_id is not None:
             update_progress_artifact(artifact_id, progress=100.0 * done_tiles / max(total, 1))
         logger.info("tiles %d/%d solved (batch of %d, %.2fs)", done_tiles, total, r["tiles"], r["seconds"])
     if errors:
         raise errors[0]
-    return {"solved": done_tiles - already, "solver_seconds": solver_s, "nfe": nfe, "pids": sorted(pids)}
+    return {"solved": done_tiles - already, "solver_seconds": solver_s, "nfe": nfe, "pids": sorted(pids),
+            "threads": sorted(threads)}
+
+
+def _in_flight(p: ReconstructParams) -> int:
+    """How many batch tasks to keep submitted at once: the thread pool's size, or the Dask cluster's
+    thread count (so the first failure stops the run within one batch per worker)."""
+    ex = p.execution
+    if not (ex.dask_address or ex.dask_workers):
+        return max(1, ex.max_workers)
+    try:
+        from prefect.context import FlowRunContext
+
+        info = FlowRunContext.get().task_runner.client.scheduler_info()
+        return max(1, sum(int(w.get("nthreads", 1)) for w in info["workers"].values()))
+    except Exception:  # noqa: BLE001 - no scheduler info: one per requested worker
+        return max(1, ex.dask_workers, ex.max_workers)
+
+
+def _api_url() -> str | None:
+    """The API URL this flow run talks to (a temporary server's too), for the processes it starts."""
+    try:
+        from prefect.context import FlowRunContext
+
+        return str(FlowRunContext.get().client.api_url).rstrip("/") or None
+    except Exception:  # noqa: BLE001 - outside a flow run
+        return None
 
 
 def _task_runner(p: ReconstructParams):
@@ -178,9 +228,12 @@ def _task_runner(p: ReconstructParams):
             return DaskTaskRunner(address=ex.dask_address)
         # workers get a scratch directory outside the repository (see flows/__init__.py for the
         # import-path guard that makes `import storage` right whatever the directory is)
-        return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
-            "n_workers": ex.dask_workers, "threads_per_worker": 1, "processes": True,
-            "dashboard_address": None, "local_directory": tempfile.mkdtemp(prefix="ddiff-dask-")})
+        kw = {"n_workers": ex.dask_workers, "threads_per_worker": 1, "processes": True,
+              "dashboard_address": None, "local_directory": tempfile.mkdtemp(prefix="ddiff-dask-")}
+        api = _api_url()
+        if api:  # workers report to this run's API server instead of each starting a temporary one
+            kw["env"] = {"PREFECT_API_URL": api}
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kw)
     return ThreadPoolTaskRunner(max_workers=ex.max_workers)
 
 
@@ -258,6 +311,16 @@ def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dic
     return "\n".join(lines)
 
 
+def _discard_failed_start(out: storage.OutputStore, action: str) -> None:
+    """A run that created its output and failed before its first tile leaves nothing (we hold the
+    lock, nothing of value is inside), so a corrected command starts clean."""
+    try:
+        if action != "resume" and out.ledger.count("solved") == 0:
+            shutil.rmtree(out.path, ignore_errors=True)
+    except Exception:  # noqa: BLE001 - never hide the run's own error
+        pass
+
+
 def _frames_label(params: dict) -> str:
     inp = params.get("params")
     inp = inp.get("input_store") if isinstance(inp, dict) else getattr(inp, "input_store", None)
@@ -302,15 +365,16 @@ def _reconstruct(p: ReconstructParams, state: dict) -> dict:
         return reconstruct_frames(p, state)
     logger = get_run_logger()
     t0 = time.perf_counter()
-    config, geo, _, prior_sha = run_config(p)
-    # before a byte is written: the prior loads on the device and the solver accepts its keywords
-    T.make_solver(config, T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype))
+    # before a byte is written: device, noise, operator keywords, prior (file, keys, channels), solver
+    # keywords, output target (see flows.checks) — a start that fails here leaves nothing
+    prep = check_reconstruct(p)
+    config, geo, prior_sha = prep.config, prep.geo, prep.prior_sha256
     if p.execution.device.startswith("cuda") and p.execution.gpu_limit:
         if ensure_gpu_limit(p.execution.gpu_limit):
             logger.info("created the Prefect global concurrency limit %r (1 slot); more GPUs: prefect gcl update %s "
                         "--limit N", p.execution.gpu_limit, p.execution.gpu_limit)
     out = storage.create_output(p.output_store, p.input_store, geo.plan, config, prior_sha256=prior_sha,
-                                scale=geo.scale, overwrite=p.overwrite)
+                                scale=geo.scale, overwrite=p.overwrite, replace_unused=True)
     run_id = str(flow_run.id or "") or None
     lock = storage.RunLock(out.path, run_id=run_id).acquire()
     try:
@@ -323,7 +387,7 @@ def _reconstruct(p: ReconstructParams, state: dict) -> dict:
                                            key=artifact_key("reconstruct-progress", p.output_store),
                                            description=f"tiles solved in {abspath(out.path)}")
             state["progress"] = art
-        stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": []}
+        stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": [], "threads": []}
         if already < total or p.fail_after_tiles is not None:
             stage = solve_stage.with_options(task_runner=_task_runner(p))(p, lock.run_id,
                                                                           None if art is None else str(art))
@@ -331,12 +395,15 @@ def _reconstruct(p: ReconstructParams, state: dict) -> dict:
         for f in futs:
             f.result()
         storage.finalize(out, run_id=lock.run_id)
-    finally:
-        lock.release()
+    except BaseException:
+        _discard_failed_start(out, prep.action)
+        lock.release(quiet=True)  # the run's own error is what the user must see
+        raise
+    lock.release()
     result = {"output": abspath(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
               "skipped": already, "wall_seconds": time.perf_counter() - t0,
               "solver_seconds": stage["solver_seconds"], "nfe": stage["nfe"], "complete": True,
-              "worker_pids": stage["pids"]}
+              "worker_pids": stage["pids"], "worker_threads": stage["threads"]}
     if p.artifacts:
         rows, flags, fit = frame_table(out), chi2_flags(out), frame_fit_rows(out.path)
         publish_fit_table(out.path, fit)

@@ -1,6 +1,7 @@
 """What a reconstruction run publishes in the Prefect UI besides its progress bar: the per-frame fit
 table (one χ²_ν definition, shared with the audit), and — when it fails or is interrupted — a
-failure summary, the progress artifact marked as failed, and a ``ddiff.run.failed`` event.
+failure summary, the progress artifact marked as failed, and a ``ddiff.run.failed`` event; and
+what a parent run (``process_stack``, ``ddiff demo``) publishes: the verdict (:func:`publish_verdict`).
 
 Room: ``flows`` — prefect artifacts, ``storage`` (ledger counts), :mod:`flows.ui`,
 :func:`flows.audit.audit_frames` (the frame statistics). No torch math here.
@@ -25,7 +26,7 @@ import storage
 
 from .ui import abspath, artifact_key, emit, failure_markdown
 
-__all__ = ["frame_fit_rows", "publish_fit_table", "publish_failure", "resume_command"]
+__all__ = ["frame_fit_rows", "publish_fit_table", "publish_failure", "resume_command", "publish_verdict"]
 
 
 def frame_fit_rows(output_store) -> list[dict]:
@@ -105,7 +106,8 @@ def publish_failure(p, exc: BaseException, progress_id=None, flow: str = "recons
     else:
         safe = [f"{solved} of {total} tiles are solved and recorded in the ledger of `{where}`; a rerun skips them "
                 "and gives bit-identical output", f"the input `{abspath(p.input_store)}` is only ever read",
-                "`recon/0` is complete only when the run finishes (the COMPLETE marker); do not use it before"]
+                "the reconstruction image is valid only once a run finishes (the COMPLETE marker); do not read "
+                "it before"]
     try:
         if progress_id is not None and total:
             update_progress_artifact(progress_id, progress=100.0 * solved / total,
@@ -119,3 +121,41 @@ def publish_failure(p, exc: BaseException, progress_id=None, flow: str = "recons
     emit("ddiff.run.failed", p.output_store, {"flow": flow, "error": f"{type(exc).__name__}: {exc}"[:500],
                                               "tiles_solved": solved, "tiles_total": total,
                                               "input": abspath(p.input_store), "resume": resume_command(p)[-1]})
+
+
+def _run_link(state) -> str:
+    """A markdown link to the flow run of ``state`` (the UI's address when known, else a relative one)."""
+    from prefect.utilities.urls import url_for
+
+    run_id = state.state_details.flow_run_id
+    try:
+        url = url_for("flow-run", obj_id=run_id)
+    except Exception:  # noqa: BLE001
+        url = None
+    return url or f"/runs/flow-run/{run_id}"
+
+
+def publish_verdict(output_store, rec: dict, aud: dict, states: dict, alpha: float) -> str:
+    """The parent run's answer to "can I trust last night's run?": a markdown artifact on the
+    parent (``process-…``/``demo-…``) with the verdict, the per-frame audit table and links to the
+    child runs (``states``: ``{"reconstruct": State, "audit": State, ...}``). Returns the verdict."""
+    from prefect.artifacts import create_markdown_artifact
+
+    n, flagged = rec["n_frames"], aud["frames_flagged"]
+    chi = np.asarray(aud["chi2_nu"], dtype=np.float64)
+    verdict = ("OK: no frame contradicts its measurements" if not flagged else
+               f"LOOK: {len(flagged)} of {n} frames contradict their measurements somewhere")
+    lines = [f"# {verdict}", "", f"- output: `{abspath(output_store)}`",
+             f"- reconstruction: complete, {n} frames, {rec['solved']} tiles solved now, {rec['skipped']} reused; "
+             f"wall {rec['wall_seconds']:.1f}s (solver {rec['solver_seconds']:.1f}s)",
+             f"- audit (α = {alpha:g} per frame): frames flagged {flagged or 'none'}; tiles touching a flagged window: "
+             f"{len(aud['tiles_flagged'])}; frame χ²_ν median {np.median(chi):.4f}, range {chi.min():.4f} – {chi.max():.4f}",
+             f"- audit report: `{abspath(aud['report'])}`", "",
+             "Child runs (their artifacts hold the tables and pictures): "
+             + " · ".join(f"[{k}]({_run_link(s)})" for k, s in states.items()), "",
+             "| frame | χ²_ν (frame) | p (misfit) | flagged |", "|---|---|---|---|"]
+    for t in range(min(n, 200)):
+        lines.append(f"| {t} | {chi[t]:.4f} | {float(aud['p_value'][t]):.3g} | {'**yes**' if t in flagged else 'no'} |")
+    create_markdown_artifact("\n".join(lines), key=artifact_key("verdict", output_store),
+                             description=f"{verdict} — {abspath(output_store)}")
+    return verdict

@@ -41,7 +41,7 @@ from ddiff.metrics import chi2_reduced
 from ddiff.solvers.base import infer_x_shape
 from storage.tiling import TilePlan
 
-__all__ = ["InjectedFailure", "tile_seed", "build_operator", "load_prior_cached", "prior_identity",
+__all__ = ["InjectedFailure", "tile_seed", "resolved_threads", "build_operator", "load_prior_cached", "prior_identity",
            "operator_geometry", "group_batches", "solve_batch", "BatchOperator"]
 
 
@@ -219,13 +219,15 @@ def make_solver(config: dict, prior):
 
 def solve_batch(desc: dict) -> dict:
     """Solve and write one batch of tiles (see module docstring). Returns a small summary dict:
-    ``{"tiles", "written", "seconds" (solver wall time), "nfe", "chi2_nu" (list)}``."""
+    ``{"tiles", "written", "seconds" (solver wall time), "nfe", "chi2_nu" (list), "pid", "threads"
+    (the torch thread count it ran with: the recorded one)}``."""
     cfg = desc["config"]
     out = storage.open_output(desc["output"])
-    stack = storage.open_stack(desc["input"])
+    stack = storage.open_input(out, desc["input"])  # refuses an input replaced since the output was created
     plan, f = out.plan, int(out.manifest["scale"])
-    if desc.get("torch_threads"):
-        torch.set_num_threads(int(desc["torch_threads"]))
+    threads = cfg.get("torch_threads") or desc.get("torch_threads")  # the recorded count (same bytes anywhere)
+    if threads and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
     device, dtype = desc.get("device", "cpu"), desc.get("dtype", "fp32")
     tdtype = torch.float32  # measurements and operators stay fp32; the prior may run in bf16/fp16
     prior = load_prior_cached(cfg["prior_path"], device, dtype)
@@ -287,7 +289,18 @@ def solve_batch(desc: dict) -> dict:
         if fail_after is not None and written >= int(fail_after):
             raise InjectedFailure(f"fail_after_tiles: interrupted deliberately after {written} tile(s) of batch {items}")
     return {"tiles": len(items), "written": written, "seconds": float(res.seconds), "nfe": int(res.nfe),
-            "chi2_nu": chis, "pid": os.getpid()}
+            "chi2_nu": chis, "pid": os.getpid(), "threads": torch.get_num_threads()}
+
+
+def resolved_threads(threads: int | None) -> int:
+    """The torch CPU thread count a run records: ``threads`` when given, else ``OMP_NUM_THREADS``
+    when set, else the CPUs this process may use (torch's own default on Linux)."""
+    if threads:
+        return int(threads)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _noise_from_config(d: dict):

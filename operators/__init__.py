@@ -1,7 +1,9 @@
 """Forward models ``A`` and noise models, and a registry of them.
 
 Room: ``operators`` — torch and numpy only. See ``operators.base`` for the protocol.
-Importing the package registers the built-in operators (``available()`` lists them).
+Importing the package registers the built-in operators (``available()`` lists them). The volume
+operators (``(B, C, Z, H, W)``, ``operators.volume``) are exported but not registered: the registry
+holds 2-D frame operators.
 """
 from .base import ForwardModel, available, check_image, get_operator, register
 from .noise import GaussianNoise, NoiseModel, PoissonGaussianNoise, PoissonNoise
@@ -13,6 +15,8 @@ from .fourier import MRICartesian, PhaseRetrieval, fft2c, ifft2c
 from .resize import SuperResolution
 from .ct import CTParallelBeam
 from .psf import AstroPSF, MicroscopyWidefield, airy_psf, gaussian_psf, moffat_psf
+from .psf3d import defocus_intensity, widefield_psf_3d
+from .volume import CTStack, SliceWise, VolumeBlur, Widefield3D
 from .bkse import KernelWizard, MissingWeightsError, NonlinearBlur
 from .adapters import DeepInvPhysics, from_deepinv
 
@@ -46,6 +50,12 @@ __all__ = [
     "airy_psf",
     "gaussian_psf",
     "moffat_psf",
+    "defocus_intensity",
+    "widefield_psf_3d",
+    "VolumeBlur",
+    "Widefield3D",
+    "SliceWise",
+    "CTStack",
     "KernelWizard",
     "MissingWeightsError",
     "NonlinearBlur",

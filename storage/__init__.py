@@ -9,7 +9,8 @@ Public surface (see each module's docstring for its contract):
 * :class:`Layout`, :class:`Planes` (axes t, c, z, y, x and the frame view) — ``storage.axes``;
 * :class:`TilePlan`, :class:`Tile` — ``storage.tiling``;
 * :func:`create_output`, :func:`open_output`, :func:`read_tile`, :func:`write_tile_result`,
-  :func:`assemble_tile`, :func:`assemble_frame`, :func:`finalize`, :class:`Ledger`,
+  :func:`assemble_tile`, :func:`assemble_frame`, :func:`finalize`, :class:`Ledger`, :func:`open_input`
+  (the input an output was made from, checked), :func:`output_action` (what create_output would do)
   — ``storage.output``; :func:`write_flag_label` (OME-NGFF label images) — ``storage.labels``;
   :func:`consolidate` — ``storage.pyramid``;
 * :func:`measurement_of`, :func:`create_frame_output`, :func:`write_frame_result` — ``storage.frames``
@@ -19,22 +20,23 @@ Public surface (see each module's docstring for its contract):
 Tasks pass descriptors (store paths, frame and tile indices, a JSON config), never arrays.
 """
 from .axes import Layout, Planes
-from .frames import create_frame_output, is_frame_output, measurement_of, read_extra, write_frame_result
-from .ingest import Stack, ingest, open_stack, verify_stack
+from .frames import create_frame_output, frame_spec, is_frame_output, measurement_of, read_extra, write_frame_result
+from .ingest import Stack, check_ingest, ingest, open_stack, verify_stack
 from .intensity import IntensityMap
 from .labels import LABELS, write_flag_label
 from .output import (DIAG_SCALARS, Ledger, OutputStore, TileInput, assemble_frame, assemble_tile, create_output,
-                     finalize, open_output, read_tile, write_tile_result)
+                     finalize, open_input, open_output, output_action, read_tile, write_tile_result)
 from .pyramid import consolidate
-from .safety import (ConfigMismatchError, LockError, NonFiniteError, RunLock, SourceError, StorageError,
-                     StoreExistsError, file_sha256, safe_subpath)
+from .safety import (ConfigMismatchError, InputChangedError, LockError, NonFiniteError, RunLock, SourceError,
+                     StorageError, StorageWriteError, StoreExistsError, file_sha256, reclaim_orphans, safe_subpath)
 from .tiling import Tile, TilePlan
 
 __all__ = [
-    "ingest", "open_stack", "verify_stack", "Stack", "IntensityMap", "TilePlan", "Tile",
+    "ingest", "check_ingest", "open_stack", "verify_stack", "Stack", "IntensityMap", "TilePlan", "Tile",
     "create_output", "open_output", "OutputStore", "Ledger", "TileInput", "read_tile", "write_tile_result",
     "assemble_tile", "assemble_frame", "finalize", "DIAG_SCALARS", "LABELS", "write_flag_label", "consolidate",
     "Layout", "Planes", "RunLock", "safe_subpath", "file_sha256",
-    "measurement_of", "read_extra", "create_frame_output", "write_frame_result", "is_frame_output",
+    "measurement_of", "read_extra", "create_frame_output", "frame_spec", "write_frame_result", "is_frame_output",
     "StorageError", "StoreExistsError", "ConfigMismatchError", "LockError", "NonFiniteError", "SourceError",
+    "InputChangedError", "StorageWriteError", "open_input", "output_action", "reclaim_orphans",
 ]

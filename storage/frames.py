@@ -30,8 +30,6 @@ builds the pyramids and completes the store.
 from __future__ import annotations
 
 import hashlib
-import time
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -40,12 +38,11 @@ from zarr.storage import LocalStore
 
 from .diagnostics import write_residual, write_scalars
 from .ingest import Stack, open_stack
-from .ome import package_version
-from .output import DIAG_SCALARS, OUTPUT_KIND, OutputStore, _as_output, _create, _recon_meta
-from .safety import StorageError, canonical_hash, require_lock
+from .output import DIAG_SCALARS, OutputStore, _as_output, create_output
+from .safety import StorageError, require_lock
 from .tiling import TilePlan
 
-__all__ = ["measurement_of", "is_frame_output", "create_frame_output", "write_frame_result", "read_extra"]
+__all__ = ["measurement_of", "is_frame_output", "create_frame_output", "frame_spec", "write_frame_result", "read_extra"]
 
 FRAME_LAYOUT = "frames"
 
@@ -71,33 +68,23 @@ def is_frame_output(out) -> bool:
 
 
 def create_frame_output(path, input_store, config: Mapping, *, prior_sha256: str | None = None,
-                        overwrite: bool = False) -> OutputStore:
-    """Create (or reopen, when the configuration matches) the whole-frame output of a measurement store.
-
-    Same guarantees as :func:`storage.create_output`: resume on an equal ``config_hash``, refuse a
-    different one unless ``overwrite``, never touch unrelated data, build atomically."""
-    path = Path(path)
+                        overwrite: bool = False, replace_unused: bool = False) -> OutputStore:
+    """Create (or reopen, when the configuration matches) the whole-frame output of a measurement store
+    (:func:`storage.create_output` with a reconstruction grid of its own: same resume / refuse /
+    replace rules, built atomically)."""
     stack = input_store if isinstance(input_store, Stack) else open_stack(input_store)
     meas = measurement_of(stack)
     if meas is None:
         raise StorageError(f"{stack.path} holds images, not measurements; use storage.create_output (tiles)")
-    image_shape = [int(v) for v in meas["image_shape"]]
-    plan = TilePlan(stack.frame_shape, halo=None)
-    inp = {"path": str(stack.path.resolve()), "data_sha256": stack.meta["data_sha256"], "shape": list(stack.shape),
-           "dtype": stack.meta["dtype"], "intensity": stack.intensity.to_dict(), "axes": stack.axes,
-           "sizes": dict(zip(stack.layout.axes, stack.layout.shape))}
-    config = dict(config)
-    identity = {"config": config, "prior_sha256": prior_sha256, "input_sha256": inp["data_sha256"],
-                "plan": plan.to_dict(), "image_shape": image_shape, "layout": FRAME_LAYOUT}
-    config_hash = canonical_hash(identity)
-    manifest = {"kind": OUTPUT_KIND, "version": package_version(), "config_hash": config_hash, "config": config,
-                "prior_sha256": prior_sha256, "input": inp, "plan": plan.to_dict(), "scale": 1,
-                "recon": _recon_meta(stack, plan, 1, tuple(image_shape)), "layout": FRAME_LAYOUT,
-                "image_shape": image_shape, "measurement": meas,
-                "residual_units": f"units of the stored {meas['domain']} measurements: y - A x on the measurement "
-                                  "grid (|y - A x| for complex data; NaN where nothing was measured)",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return _create(path, stack, plan, 1, manifest, config_hash, overwrite)
+    return create_output(path, stack, TilePlan(stack.frame_shape, halo=None), config, prior_sha256=prior_sha256,
+                         overwrite=overwrite, replace_unused=replace_unused, frames=frame_spec(meas))
+
+
+def frame_spec(meas: dict) -> dict:
+    """The ``frames=`` record of :func:`storage.create_output` / ``output_action`` for a measurement record."""
+    return {"image_shape": [int(v) for v in meas["image_shape"]], "measurement": meas,
+            "residual_units": f"units of the stored {meas['domain']} measurements: y - A x on the measurement "
+                              "grid (|y - A x| for complex data; NaN where nothing was measured)"}
 
 
 def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping, residual: np.ndarray, *,

@@ -35,6 +35,7 @@ Contract for flows:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -49,11 +50,13 @@ from .intensity import IntensityMap, PercentileSampler
 from .axes import Layout, Planes
 from .ome import ome_image_attrs, package_version
 from .readers import open_source
-from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory
+from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory, creatable, write_error
 
-__all__ = ["ingest", "open_stack", "Stack", "verify_stack", "INPUT_KIND"]
+__all__ = ["ingest", "check_ingest", "open_stack", "Stack", "verify_stack", "INPUT_KIND"]
 
 INPUT_KIND = "ddiff-input-stack"
+#: errors only a write can meet (a full disk, a size limit, a read-only target)
+_WRITE_ERRNOS = {getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EROFS") if hasattr(errno, n)}
 
 
 def _compressors(compression: str | None, dtype: np.dtype):
@@ -193,6 +196,10 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                 value = np.asarray(value)
                 root.create_array(name, shape=value.shape, dtype=value.dtype, chunks=value.shape, fill_value=0)[...] = value
             root.attrs.update({"ome": ome_image_attrs(Path(store).name, layout.axes, scale, units), "ddiff": meta})
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS:  # the target's disk: one line naming the store and the cause
+            raise write_error("the ingested stack", store, exc) from exc
+        raise
     finally:
         reader.close()
     return open_stack(store)
@@ -368,3 +375,24 @@ def verify_stack(store, block_bytes: int = 64 << 20) -> bool:
     for f in range(st.n_frames):
         _hash_frame(planes, f, h, block_bytes)
     return h.hexdigest() == st.meta["data_sha256"]
+
+
+def check_ingest(source, store, *, dataset: str | None = None, axes: str | None = None, overwrite: bool = False,
+                 measurement: bool = False) -> None:
+    """Everything :func:`ingest` checks before it writes, without writing: the target (absent, empty,
+    or an old ingest with ``overwrite``; its folder writable), the source (readable, its layout
+    and dtype supported — headers only, no pixels read; ``measurement``: complex data is accepted).
+    Raises the error ``ingest`` would raise."""
+    store = Path(store)
+    _check_target(store, overwrite, INPUT_KIND)
+    if not creatable(store):
+        raise StorageError(f"cannot create {store}: its folder {store.parent} is not writable (or cannot be "
+                           "created); choose a store path in a writable folder")
+    reader = open_source(source, dataset=dataset, axes=axes)
+    try:
+        dtype = reader.dtype
+        if not (dtype.kind in "uif" and dtype.itemsize <= 8 or dtype.kind == "c" and measurement):
+            raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only"
+                               f"{'; complex data is accepted as measurements: --domain kspace' if dtype.kind == 'c' else ''})")
+    finally:
+        reader.close()

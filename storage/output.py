@@ -41,7 +41,10 @@ in between leaves the step pending and a rerun redoes it; every write is a full,
 overwrite of that tile's own chunks, so the rerun's bytes equal an uninterrupted run's); (2) no two
 tiles ever write the same chunk; (3) an existing output with a different configuration hash is
 refused unless ``overwrite=True`` (and never while another live run holds its lock); a path holding
-anything else is refused outright; (4) writes need the run lock (``run_id`` checked when given).
+anything else is refused outright; (4) writes need the run lock (``run_id`` checked when given);
+(5) readers of the input (tasks, assembly, the audit) go through :func:`open_input`, which refuses
+an input replaced since the output was made (:mod:`storage.provenance`); (6) a failed write raises
+:class:`~storage.safety.StorageWriteError` naming the store and the cause (errno kept).
 The manifest's ``config_hash`` covers the config dict, the prior checksum, the input's data checksum,
 the plan and the scale factor.
 """
@@ -61,15 +64,15 @@ from .axes import Layout, Planes
 from .diagnostics import DIAG_SCALARS, create_diagnostics, write_residual, write_scalars
 from .ingest import Stack, _compressors, _store_kind, open_stack
 from .intensity import IntensityMap
-from .ome import ome_image_attrs, package_version
 from .ledger import Ledger
+from .ome import ome_image_attrs
+from .provenance import open_input, output_action
 from .pyramid import build_pyramid, consolidate, level_layout, pyramid_levels
-from .safety import (ConfigMismatchError, RunLock, StorageError, StoreExistsError, atomic_directory, atomic_write_json,
-                     canonical_hash, require_lock)
+from .safety import RunLock, StorageError, TargetAppearedError, atomic_directory, atomic_write_json, require_lock, write_error
 from .tiling import Tile, TilePlan
 
 __all__ = ["OUTPUT_KIND", "DIAG_SCALARS", "OutputStore", "Ledger", "TileInput", "create_output", "open_output",
-           "read_tile", "write_tile_result", "assemble_tile", "assemble_frame", "finalize"]
+           "read_tile", "write_tile_result", "assemble_tile", "assemble_frame", "finalize", "output_action", "open_input"]
 
 OUTPUT_KIND = "ddiff-output"
 
@@ -164,59 +167,42 @@ def open_output(path) -> OutputStore:
 
 
 def create_output(path, input_store, plan: TilePlan, config: Mapping, *, prior_sha256: str | None = None,
-                  scale: int = 1, overwrite: bool = False) -> OutputStore:
+                  scale: int = 1, overwrite: bool = False, replace_unused: bool = False,
+                  frames: Mapping | None = None) -> OutputStore:
     """Create (or reopen, when the configuration matches) the output store of a run.
 
     ``config``: JSON-serialisable run configuration (solver/prior names and hyperparameters, ...);
     ``config["solver"]`` and ``config["prior"]`` (if present) are recorded as the diagnostics'
     solver/prior identity. ``scale``: output pixels per input pixel (super-resolution factor).
     Returns the existing store unchanged if its ``config_hash`` matches (resume); raises
-    :class:`ConfigMismatchError` if it differs and ``overwrite`` is False.
+    :class:`ConfigMismatchError` if it differs and ``overwrite`` is False — except, with
+    ``replace_unused=True`` (the flows), for an output nothing was ever solved into and no live run
+    holds (a failed or killed start): it holds no work, so it is replaced. Two runs creating the same new output at once: the one that loses the swap
+    reopens the winner's store (resume when the configuration matches; the run lock then decides).
+    ``frames`` (:func:`storage.create_frame_output`): a whole-frame output of a measurement store.
     """
     path = Path(path)
     stack = input_store if isinstance(input_store, Stack) else open_stack(input_store)
-    if stack.frame_shape != plan.frame_shape:
-        raise StorageError(f"plan frame shape {plan.frame_shape} != input frames {stack.frame_shape}; "
-                           "build the TilePlan from open_stack(...).frame_shape")
-    scale = int(scale)
-    inp = {"path": str(stack.path.resolve()), "data_sha256": stack.meta["data_sha256"], "shape": list(stack.shape),
-           "dtype": stack.meta["dtype"], "intensity": stack.intensity.to_dict(), "axes": stack.axes,
-           "sizes": dict(zip(stack.layout.axes, stack.layout.shape))}
-    config = dict(config)
-    identity = {"config": config, "prior_sha256": prior_sha256, "input_sha256": inp["data_sha256"],
-                "plan": plan.to_dict(), "scale": scale}
-    config_hash = canonical_hash(identity)
-    manifest = {"kind": OUTPUT_KIND, "version": package_version(), "config_hash": config_hash, "config": config,
-                "prior_sha256": prior_sha256, "input": inp, "plan": plan.to_dict(), "scale": scale,
-                "recon": _recon_meta(stack, plan, scale),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return _create(path, stack, plan, scale, manifest, config_hash, overwrite)
-
-
-def _create(path: Path, stack: Stack, plan: TilePlan, scale: int, manifest: dict, config_hash: str,
-            overwrite: bool) -> OutputStore:
-    """Reopen ``path`` when it holds an output of ``config_hash`` (resume); else refuse unrelated data
-    and (without ``overwrite``) another configuration, and build the store atomically."""
-    replace_old = False
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-        kind = _store_kind(path) if path.is_dir() else None
-        if kind != OUTPUT_KIND:
-            raise StoreExistsError(f"{path} already holds unrelated data; nothing was written. Choose a new output "
-                                   "path (overwrite=True never deletes data this package did not write)")
-        old = open_output(path)
-        if old.manifest["config_hash"] == config_hash:
-            return old
-        if not overwrite:
-            raise ConfigMismatchError(
-                f"{path} was written with a different configuration (config_hash {old.manifest['config_hash'][:12]} "
-                f"!= {config_hash[:12]}); pass overwrite=True to replace it or choose another output path")
-        # hold the old store's lock while replacing it: raises LockError if a live run holds it,
-        # breaks a stale one; the lock file leaves with the old folder
-        RunLock(path).acquire()
-        replace_old = True
-    with atomic_directory(path, replace_old, "create") as tmp:
-        _build_output(tmp, stack, plan, scale, manifest)
-    return open_output(path)
+    for attempt in range(2):
+        action, manifest = output_action(path, stack, plan, config, prior_sha256=prior_sha256, scale=scale,
+                                         overwrite=overwrite, replace_unused=replace_unused, frames=frames)
+        if action == "resume":
+            return open_output(path)
+        if action == "replace":
+            # hold the old store's lock while replacing it: raises LockError if a live run holds it,
+            # breaks a stale one; the lock file leaves with the old folder
+            RunLock(path).acquire()
+        try:
+            with atomic_directory(path, action == "replace", "create") as tmp:
+                _build_output(tmp, stack, plan, int(scale), manifest)
+        except TargetAppearedError:
+            if attempt:
+                raise
+            continue  # a simultaneous start won the swap: decide again against its store
+        except OSError as exc:  # a full disk already at creation: nothing is left at path
+            raise write_error("the new output store", path, exc) from exc
+        return open_output(path)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _recon_meta(stack: Stack, plan: TilePlan, scale: int, image_shape: tuple[int, int] | None = None) -> dict:
@@ -334,25 +320,28 @@ def write_tile_result(out, frame: int, tile: int, recon: np.ndarray, diagnostics
     unknown = set(diagnostics or {}) - set(DIAG_SCALARS)
     if unknown:
         raise ValueError(f"unknown diagnostics {sorted(unknown)}; allowed: {sorted(DIAG_SCALARS)}")
-    g = out.group("w")
-    # (1) staging slot: one whole chunk, NaN-padded, so a rerun rewrites identical bytes
-    sy, sx = out.out_plan.slot_shape
-    slot = np.full((C, sy, sx), np.nan, np.float32)
-    slot[:, : x.shape[1], : x.shape[2]] = x
-    g["staging/contrib"][frame, k] = slot
-    _fault("after_staging")
-    # (2) per-pixel residual on the core (input grid; the core is exactly one chunk)
-    if residual is not None:
-        r = _crop_to_blend(residual, t, 1, C, "residual").astype(np.float32)
-        cys, cxs = t.core_in_blend
-        write_residual(out.path, frame, t.core, r[:, cys, cxs])
-    _fault("after_residual")
-    # (3) per-tile scalars
-    if diagnostics:
-        write_scalars(out.path, frame, k, diagnostics)
-    _fault("before_mark")
-    # (4) only now: the atomic completion marker
-    out.ledger.mark_done(frame, k, "solved", run_id=run_id, recon_sha256=hashlib.sha256(x.tobytes()).hexdigest())
+    try:
+        g = out.group("w")
+        # (1) staging slot: one whole chunk, NaN-padded, so a rerun rewrites identical bytes
+        sy, sx = out.out_plan.slot_shape
+        slot = np.full((C, sy, sx), np.nan, np.float32)
+        slot[:, : x.shape[1], : x.shape[2]] = x
+        g["staging/contrib"][frame, k] = slot
+        _fault("after_staging")
+        # (2) per-pixel residual on the core (input grid; the core is exactly one chunk)
+        if residual is not None:
+            r = _crop_to_blend(residual, t, 1, C, "residual").astype(np.float32)
+            cys, cxs = t.core_in_blend
+            write_residual(out.path, frame, t.core, r[:, cys, cxs])
+        _fault("after_residual")
+        # (3) per-tile scalars
+        if diagnostics:
+            write_scalars(out.path, frame, k, diagnostics)
+        _fault("before_mark")
+        # (4) only now: the atomic completion marker
+        out.ledger.mark_done(frame, k, "solved", run_id=run_id, recon_sha256=hashlib.sha256(x.tobytes()).hexdigest())
+    except OSError as exc:  # disk full, size limit, read-only: one line naming the store and the cause
+        raise write_error(f"frame {frame} tile {k}", out.path, exc) from exc
 
 
 def assemble_tile(out, frame: int, tile: int, *, run_id: str | None = None) -> None:
@@ -367,26 +356,31 @@ def assemble_tile(out, frame: int, tile: int, *, run_id: str | None = None) -> N
     if missing:
         raise StorageError(f"frame {frame} tile {t.index}: contributing tiles {missing} are not solved yet; "
                            "assemble after all of them are written")
-    g = out.group("w")
-    contrib = g["staging/contrib"]
-    to = op.tile_of(t.index)
-    y0, y1, x0, x1 = to.core
-    acc = np.zeros((C, y1 - y0, x1 - x0), np.float64)
-    for s in op.contributors(to):
-        by0, by1, bx0, bx1 = s.blend
-        iy0, iy1, ix0, ix1 = max(y0, by0), min(y1, by1), max(x0, bx0), min(x1, bx1)
-        w = op.weights(s)[iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0]
-        xs = contrib[frame, s.index, :, iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0].astype(np.float64)
-        acc[:, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] += w * xs
-    Planes(g["0"], out.layout)[frame, :, y0:y1, x0:x1] = out.intensity.from_model(acc)
-    _fault("before_assembled_mark")
-    out.ledger.mark_done(frame, t.index, "assembled", run_id=run_id)
+    try:
+        g = out.group("w")
+        contrib = g["staging/contrib"]
+        to = op.tile_of(t.index)
+        y0, y1, x0, x1 = to.core
+        acc = np.zeros((C, y1 - y0, x1 - x0), np.float64)
+        for s in op.contributors(to):
+            by0, by1, bx0, bx1 = s.blend
+            iy0, iy1, ix0, ix1 = max(y0, by0), min(y1, by1), max(x0, bx0), min(x1, bx1)
+            w = op.weights(s)[iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0]
+            xs = contrib[frame, s.index, :, iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0].astype(np.float64)
+            acc[:, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] += w * xs
+        Planes(g["0"], out.layout)[frame, :, y0:y1, x0:x1] = out.intensity.from_model(acc)
+        _fault("before_assembled_mark")
+        out.ledger.mark_done(frame, t.index, "assembled", run_id=run_id)
+    except OSError as exc:
+        raise write_error(f"the assembled frame {frame} (core {t.index})", out.path, exc) from exc
 
 
 def assemble_frame(out, frame: int, *, run_id: str | None = None) -> int:
     """Assemble every not-yet-assembled core of ``frame``, then build the frame's pyramid levels;
-    returns how many cores were written."""
+    returns how many cores were written. Refuses (:class:`InputChangedError`) when the input is no
+    longer the one the output was made from."""
     out = _as_output(out)
+    open_input(out)
     n = 0
     for k in range(out.plan.n_tiles):
         if not out.ledger.is_done(frame, k, "assembled"):
@@ -416,5 +410,8 @@ def finalize(out, *, run_id: str | None = None) -> dict:
         _pyramid(out, frame, run_id)
     info = {"config_hash": out.manifest["config_hash"], "run_id": run_id, "time": time.time(),
             "n_frames": out.n_frames, "n_tiles": out.plan.n_tiles}
-    atomic_write_json(out.path / "_ledger" / "COMPLETE.json", info)
+    try:
+        atomic_write_json(out.path / "_ledger" / "COMPLETE.json", info)
+    except OSError as exc:
+        raise write_error("the completion marker", out.path, exc) from exc
     return info

@@ -252,10 +252,14 @@ def open_source(source: str | os.PathLike, *, dataset: str | None = None, axes: 
         return FolderReader(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        _check_npy_magic(path)
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as exc:
-            raise SourceError(f"{path}: not a readable .npy file ({exc})") from exc
+            if "pickle" in str(exc).lower():  # numpy's advice (allow_pickle=True) would run code from the file
+                raise SourceError(f"{path}: the .npy holds Python objects, not numbers; it was not loaded (that "
+                                  "could run code). Save a numeric array (np.save of a float/int array)") from exc
+            raise SourceError(f"{path}: not a readable .npy file ({exc}); the file is damaged or truncated") from exc
         return ArrayReader(arr, axes, [path], "npy")
     if suffix in TIFF_EXTS:
         from .tiff import TiffReader
@@ -263,6 +267,28 @@ def open_source(source: str | os.PathLike, *, dataset: str | None = None, axes: 
         return TiffReader(path, axes)
     raise SourceError(f"{path}: unknown source type {suffix!r}; give a TIFF, .npy, HDF5 (file.h5:/dataset) "
                       "or a folder of PNG/JPEG/TIFF frames")
+
+
+_MAGIC = ((b"II*\x00", "a TIFF", ".tif"), (b"MM\x00*", "a TIFF", ".tif"), (b"II+\x00", "a BigTIFF", ".tif"),
+          (b"MM\x00+", "a BigTIFF", ".tif"), (b"\x89HDF", "an HDF5", ".h5 (and name the dataset: file.h5:/data)"),
+          (b"\x89PNG", "a PNG", ".png (in a folder of frames)"), (b"\xff\xd8\xff", "a JPEG", ".jpg (in a folder of frames)"),
+          (b"PK\x03\x04", "a zip/.npz", ".npz — ingest takes one array: np.save it as .npy"))
+
+
+def _check_npy_magic(path: Path) -> None:
+    """Name the real format of a file called ``.npy`` that is not one (instead of numpy's advice)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if head.startswith(b"\x93NUMPY"):
+        return
+    for magic, what, ext in _MAGIC:
+        if head.startswith(magic):
+            raise SourceError(f"{path}: this is {what} file named .npy; rename it to {ext}")
+    raise SourceError(f"{path}: not a .npy file (no NumPy header; {len(head)} leading bytes {head[:8]!r}); "
+                      "give a file written by np.save")
 
 
 def _open_h5(path: Path, ds_name: str | None, axes: str | None) -> SourceReader:

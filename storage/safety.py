@@ -11,7 +11,11 @@ Contract for callers (flows):
   dataset, a member array) is joined to the store it names — absolute paths and ``..`` escapes are
   rejected, symlinks are resolved and must stay inside the root;
 * :func:`atomic_directory` builds a whole store in a hidden sibling folder and swaps it into place
-  only when it is complete, so ``path`` is absent, the old complete store, or the new complete one;
+  only when it is complete, so ``path`` is absent, the old complete store, or the new complete one.
+  The folder's name carries its owner (``.<name>.<label>-<pid>@<host>-<hex>``): a later run on the
+  same target deletes the folders of owners that are gone (dead pid on this host) and never
+  touches one whose owner lives (:func:`reclaim_orphans`). If another run puts a store at
+  ``path`` while ours is being built, :class:`TargetAppearedError` says so (the caller decides);
 * :func:`atomic_write_json` writes ``path`` through a temporary file + ``os.replace`` so a reader
   sees either the old or the new complete file, never a torn one (the ledger relies on this);
 * :class:`RunLock` is an ``O_CREAT | O_EXCL`` lock file ``<store>/.ddiff.lock`` holding
@@ -21,8 +25,10 @@ Contract for callers (flows):
 """
 from __future__ import annotations
 
+import errno as _errno
 import hashlib
 import json
+import re
 import os
 import shutil
 import socket
@@ -34,7 +40,8 @@ from typing import Any, Callable, Iterator
 
 __all__ = [
     "StorageError", "StoreExistsError", "ConfigMismatchError", "LockError", "NonFiniteError",
-    "SourceError", "safe_subpath", "atomic_write", "atomic_directory", "atomic_write_json", "read_json", "canonical_hash",
+    "SourceError", "InputChangedError", "TargetAppearedError", "StorageWriteError", "DETERMINISTIC_ERRNOS",
+    "write_error", "reclaim_orphans", "creatable", "safe_subpath", "atomic_write", "atomic_directory", "atomic_write_json", "read_json", "canonical_hash",
     "file_sha256", "RunLock", "LOCK_NAME",
 ]
 
@@ -63,6 +70,45 @@ class NonFiniteError(StorageError):
 
 class SourceError(StorageError):
     """The source cannot be read (unreadable, truncated, inconsistent frame sizes, ...)."""
+
+
+class InputChangedError(StorageError):
+    """The input store is not the one an output was made from (re-ingested or replaced since)."""
+
+
+class TargetAppearedError(StoreExistsError):
+    """Another run created the target while this one was building it (a simultaneous start)."""
+
+
+class StorageWriteError(StorageError):
+    """A write failed (disk full, file-size limit, read-only or vanished folder); ``errno`` is kept so
+    the caller can tell deterministic causes (not worth a retry) from transient ones."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+#: errnos a retry cannot fix (the same write fails the same way): full disk, size limits, permissions, ...
+DETERMINISTIC_ERRNOS = frozenset(getattr(_errno, n) for n in (
+    "ENOSPC", "EFBIG", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOENT", "ENOTDIR", "EISDIR", "ENAMETOOLONG",
+    "EMFILE", "ENFILE") if hasattr(_errno, n))
+_HINTS = {"ENOSPC": "the disk is full: free space there", "EDQUOT": "the disk quota is exhausted",
+          "EFBIG": "a file-size limit was hit (ulimit -f, or the filesystem's limit)",
+          "EROFS": "the filesystem is read-only", "EACCES": "no write permission there",
+          "EPERM": "no write permission there", "ENOENT": "the folder vanished (deleted or unmounted)"}
+
+
+def write_error(what: str, path: str | os.PathLike, exc: OSError) -> StorageWriteError:
+    """One-line :class:`StorageWriteError` for a failed write: what was written, where, why, what to do."""
+    code = getattr(exc, "errno", None)
+    name = _errno.errorcode.get(code, "") if code is not None else ""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    hint = _HINTS.get(name)
+    where = f"{path} ({exc.filename})" if getattr(exc, "filename", None) else f"{path}"
+    return StorageWriteError(f"writing {what} to {where} failed: {cause}{f' [{name}]' if name else ''}"
+                             f"{f' — {hint}' if hint else ''}; fix that, then rerun the same command to resume",
+                             errno=code)
 
 
 def safe_subpath(root: str | os.PathLike, relative: str) -> Path:
@@ -100,30 +146,78 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
     return str(path)
 
 
+def creatable(path: str | os.PathLike) -> bool:
+    """Whether ``path`` can be created: its nearest existing ancestor is a writable folder."""
+    p = Path(path).absolute().parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
+
+
+def _host_tag() -> str:
+    """8 hex digits naming this host in temporary folder names (hostnames may hold dashes and dots)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _tmp_name(name: str, label: str) -> str:
+    return f".{name}.{label}-{os.getpid()}@{_host_tag()}-{uuid.uuid4().hex[:8]}"
+
+
+def reclaim_orphans(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary siblings of ``path`` (``.<name>.<label>-<pid>[@<host>]-<hex>``) left by
+    runs that died (killed ingests, creates, replacements): only those whose owner pid is dead on
+    this host. A folder of a live process, or of another host, is never touched. Returns what was
+    removed. (Names without ``@host`` come from older versions and count as this host's.)"""
+    path = Path(path)
+    parent = path.parent
+    pat = re.compile(rf"^\.{re.escape(path.name)}\.[a-z]+-(?P<pid>\d+)(?:@(?P<host>[0-9a-f]{{8}}))?-[0-9a-f]{{8}}$")
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for e in entries:
+        m = pat.match(e.name)
+        if not m or (m["host"] and m["host"] != _host_tag()) or _pid_alive(int(m["pid"])):
+            continue
+        shutil.rmtree(e, ignore_errors=True)
+        removed.append(e)
+    return removed
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike, replace_old: bool, label: str = "tmp") -> Iterator[Path]:
-    """Yield a fresh hidden sibling folder path ``.<name>.<label>-<pid>-<hex>`` to build a store in;
-    when the block ends normally, swap it into ``path``.
+    """Yield a fresh hidden sibling folder path ``.<name>.<label>-<pid>@<host>-<hex>`` to build a
+    store in; when the block ends normally, swap it into ``path``. Orphans of dead runs on the same
+    target are reclaimed first (:func:`reclaim_orphans`).
 
     ``replace_old``: ``path`` holds an old store to replace — it is renamed aside, the new folder
     renamed in, then the old one deleted (a reader sees the old or the new store, never a mix).
-    Otherwise ``path`` must be absent or an empty folder (removed first). Deciding whether an
-    existing ``path`` may be replaced is the caller's job. On any exception the temporary folder is
-    deleted and ``path`` is left as it was.
+    Otherwise ``path`` must be absent or an empty folder (removed first); if another run has put
+    something there meanwhile, :class:`TargetAppearedError` is raised and ``path`` is left alone.
+    Deciding whether an existing ``path`` may be replaced is the caller's job. On any exception the
+    temporary folder is deleted and ``path`` is left as it was.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    reclaim_orphans(path)
+    tmp = path.with_name(_tmp_name(path.name, label))
     try:
         yield tmp
         if replace_old:
-            trash = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            trash = path.with_name(_tmp_name(path.name, "old"))
             os.replace(path, trash)
             os.replace(tmp, path)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            if path.exists():  # an empty folder
-                path.rmdir()
-            os.replace(tmp, path)
+            try:
+                if path.exists():  # an empty folder
+                    path.rmdir()
+                os.replace(tmp, path)
+            except OSError as exc:
+                if exc.errno in (_errno.ENOTEMPTY, _errno.EEXIST) or (path.exists() and any(path.iterdir())):
+                    raise TargetAppearedError(f"{path} was created by another run while this one was building "
+                                              "it; nothing of ours was left there") from None
+                raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -231,19 +325,27 @@ class RunLock:
             return self
         raise LockError(f"could not acquire {self.path} after 3 attempts (contention); retry")
 
-    def release(self) -> None:
+    def release(self, quiet: bool = False) -> None:
+        """Remove our lock file. ``quiet=True`` (used while another error is on its way out): a
+        failure to release is swallowed so it cannot hide that error; the lock left behind is
+        broken by the next run on this host (its pid is dead by then)."""
         if not self._held:
             return
-        other = self.holder(self.store)
-        if other is not None and other.get("run_id") == self.run_id:
-            os.remove(self.path)
-        self._held = False
+        try:
+            other = self.holder(self.store)
+            if other is not None and other.get("run_id") == self.run_id:
+                os.remove(self.path)
+        except OSError:
+            if not quiet:
+                raise
+        finally:
+            self._held = False
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.release(quiet=exc_type is not None)
 
 
 def require_lock(store: str | os.PathLike, run_id: str | None) -> None:

@@ -51,4 +51,4 @@ def test_cli_round_trip(flows_env, tmp_path, capsys):
     capsys.readouterr()
     assert main(["reconstruct", str(store), str(out), *common, "--seed", "9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "different configuration" in err[0]
+    assert len(err) == 1 and "different configuration" in err[0] and "pass --overwrite" in err[0]

@@ -137,16 +137,19 @@ def test_concurrent_run_and_changed_config_are_refused(flows_env, straight):
 
 
 def test_same_output_on_dask_local_cluster(flows_env, straight):
-    """The same flow on a real 2-worker dask.distributed.LocalCluster (through DaskTaskRunner(address=...),
-    i.e. --dask-address) gives bit-identical output. (execution.dask_workers=N starts such a cluster
-    inside the flow instead; same task runner class.)"""
+    """A run begun on local threads (3 tiles) and resumed on a real 2-worker dask.distributed.LocalCluster
+    (through DaskTaskRunner(address=...), i.e. --dask-address) gives bit-identical output to the
+    uninterrupted local run: a resumed mix of backends. (execution.dask_workers=N starts such a
+    cluster inside the flow instead; same task runner class.)"""
     import distributed
 
     out = flows_env["dir"] / "dask.zarr"
+    with pytest.raises(T.InjectedFailure):
+        flows.reconstruct_stack(params(flows_env, out, artifacts=False, fail_after_tiles=3))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
         res = flows.reconstruct_stack(params(flows_env, out, artifacts=False, execution={
             "batch_size": 3, "torch_threads": 1, "dask_address": cl.scheduler_address}))
-    assert res["complete"] and res["solved"] == 8
+    assert res["complete"] and res["skipped"] == 3 and res["solved"] == 5
     assert len(res["worker_pids"]) >= 1 and os.getpid() not in res["worker_pids"]  # really ran on the workers
     np.testing.assert_array_equal(recon(out), recon(straight[0]))
     np.testing.assert_array_equal(staging(out), staging(straight[0]))

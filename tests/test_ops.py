@@ -231,6 +231,11 @@ def test_process_stack_reads_variables_at_run_time(flows_env):
     names = sorted(k.name.split(" · ")[0] for k in kids)
     assert names == ["audit night2.zarr", "reconstruct night2.zarr"]  # ingest skipped: the store exists
     assert all("prior:tiny.safetensors" in k.tags for k in kids)
+    # the parent's own page answers "can I trust it?": verdict, per-frame table, links to the children
+    verdict = artifacts_of(run_id)[artifact_key("verdict", d / "night2.zarr")]
+    assert verdict.description.startswith(r2["verdict"]) and r2["verdict"].split(":")[0] in ("OK", "LOOK")
+    assert all(f"/runs/flow-run/{k.id}" in verdict.data for k in kids)
+    assert "| 1 |" in verdict.data
     for v in ("ddiff_input_store", "ddiff_source", "ddiff_output_store"):
         Variable.unset(v)
 
@@ -254,6 +259,7 @@ def test_demo_is_one_parent_run_with_named_children(flows_env, tmp_path, capsys)
     assert sorted(k.name.split(" · ")[0] for k in kids) == ["audit recon.zarr", "ingest input.zarr",
                                                             "reconstruct recon.zarr"]
     assert all({"operator:gaussian_blur", "solver:ddiff"} <= set(k.tags) for k in kids)
+    assert artifact_key("verdict", folder / "recon.zarr") in artifacts_of(parent.id)
 
 
 def test_documented_automations_notify_through_a_webhook(prefect_harness):
@@ -306,3 +312,12 @@ def test_documented_automations_notify_through_a_webhook(prefect_harness):
     assert "Frames: [1, 4]" in texts[0]
     assert texts[1].startswith("ddiff run FAILED: recon.zarr\nreconstruct-stack failed on /data/night/recon.zarr: "
                                "OSError: disk full. Tiles kept: 5 / 8. Resume: ddiff reconstruct A B")
+
+
+def test_failure_summary_says_interrupted_for_ctrl_c_and_lists_what_is_safe():
+    from flows.ui import failure_markdown
+
+    md = failure_markdown("reconstruction of `/d/out.zarr`", KeyboardInterrupt(), ["5 of 8 tiles are kept"],
+                          ["ddiff reconstruct /d/in.zarr /d/out.zarr"])
+    assert md.startswith("# reconstruction of `/d/out.zarr` INTERRUPTED") and "- 5 of 8 tiles are kept" in md
+    assert "```\nddiff reconstruct /d/in.zarr /d/out.zarr\n```" in md

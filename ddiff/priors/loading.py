@@ -111,12 +111,21 @@ def load_state_dict_file(path) -> tuple[dict[str, torch.Tensor], dict | None]:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        sd = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        try:
+            sd = load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as exc:  # safetensors' SafetensorError: "header too large", ...
+            raise ValueError(f"{path}: not a valid safetensors file ({exc}); the file is damaged, truncated or "
+                             "another format — re-download or re-export it") from None
         if _META_KEY in meta:
             config = json.loads(meta[_META_KEY])
     elif suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save zip, or a legacy pickle
+            raise ValueError(f"{path}: not a PyTorch checkpoint (it starts with {head!r}, not a torch.save archive); "
+                             "the file is damaged or another format")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:

@@ -9,5 +9,7 @@ from .diffpir import DiffPIR
 from .dps import DPS
 from .seed_mean import SeedMean
 from .tv import TVReconstruction
+from .volume import SliceBySlice, VolumeDDiff, VolumeDiffPnPADMM
 
-__all__ = ["Result", "Solver", "DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "DPS", "DiffPIR", "DAPS", "TVReconstruction", "SeedMean"]
+__all__ = ["Result", "Solver", "DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "DPS", "DiffPIR", "DAPS", "TVReconstruction", "SeedMean",
+           "VolumeDDiff", "VolumeDiffPnPADMM", "SliceBySlice"]

@@ -98,6 +98,9 @@ def infer_x_shape(y: torch.Tensor, operator, channels: int) -> tuple[int, ...]:
 class Solver:
     """Base class: input validation, NFE counting and timing around ``_run``."""
 
+    #: dimensions of the image batch: 4 for ``(B, C, H, W)``, 5 for volume solvers ``(B, C, Z, H, W)``
+    image_ndim = 4
+
     def __init__(self, prior):
         if not hasattr(prior, "eps"):
             raise ValueError(f"prior must expose eps(x_t, t); got {type(prior).__name__}")
@@ -124,8 +127,9 @@ class Solver:
             noise.validate(y)
         channels = getattr(self.prior, "channels", None)  # None: any channel count (no network)
         x_shape = tuple(x_shape) if x_shape is not None else infer_x_shape(y, operator, channels or y.shape[1])
-        if len(x_shape) != 4 or x_shape[0] != y.shape[0]:
-            raise ValueError(f"x_shape must be (B, C, H, W) with B = {y.shape[0]}, got {x_shape}")
+        if len(x_shape) != self.image_ndim or x_shape[0] != y.shape[0]:
+            axes = "(B, C, H, W)" if self.image_ndim == 4 else "(B, C, Z, H, W)"
+            raise ValueError(f"x_shape must be {axes} with B = {y.shape[0]}, got {x_shape}")
         if channels is not None and x_shape[1] != channels:
             raise ValueError(f"the prior has {channels} channel(s) but the image has {x_shape[1]}")
         with torch.no_grad():
