@@ -13,7 +13,7 @@ then runs, each in its own child process so a peak RSS is that step's alone:
 1. ``storage.ingest`` (64 MiB blocks: a frame this size is streamed in shard-aligned windows);
 2. the ``reconstruct_stack`` flow (Gaussian blur σ = 1 px, Gaussian noise, default prior, DDiff
    with ``--steps`` diffusion steps — a cheap setting: the cost per tile, not the quality, is
-   measured), tiles ``--tile``², batches of 4, one worker: tiles are read with their halos from
+   measured), tiles ``--tile``², batches of ``--batch`` (4), one worker: tiles are read with their halos from
    the input store, solved, staged, blended core by core into the output and the pyramid is
    built chunk by chunk — no step holds the frame.
 
@@ -70,7 +70,7 @@ else:
     p = ReconstructParams(input_store=work + "/in.zarr", output_store=work + "/recon.zarr",
                           operator={"name": "gaussian_blur", "params": {"std": 1.0}}, noise={"sigma": 0.05},
                           solver={"name": "ddiff", "steps": cfg["steps"]}, tile=cfg["tile"], overlap=16,
-                          execution={"batch_size": 4, "max_workers": 1, "torch_threads": cfg["threads"]},
+                          execution={"batch_size": cfg["batch"], "max_workers": 1, "torch_threads": cfg["threads"]},
                           artifacts=False)
     r = flows.reconstruct_stack(p)
     out.update({k: r[k] for k in ("n_tiles", "solved", "wall_seconds", "solver_seconds", "nfe")})
@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4, help="tiles per network call (activation memory scales with it)")
     ap.add_argument("--dir", default="/tmp/ddiff-bigframe")
     ap.add_argument("--keep", action="store_true", help="keep the stores")
     ap.add_argument("--ingest-only", action="store_true", help="stop after the ingest step")
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     work = Path(a.dir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    cfg = {"tile": a.tile, "steps": a.steps, "threads": a.threads}
+    cfg = {"tile": a.tile, "steps": a.steps, "threads": a.threads, "batch": a.batch}
     t0 = time.perf_counter()
     make_source(work / "src.npy", a.size)
     print(f"source {a.size}x{a.size} uint16 ({a.size * a.size * 2 / 2**20:.0f} MiB; float32 frame "

@@ -276,3 +276,18 @@ def test_a_lock_that_cannot_be_released_never_hides_the_cause(tmp_path):
     lock.path.mkdir()
     with pytest.raises(OSError):  # without an error on its way out, a failed release is reported
         lock.release()
+
+
+def test_python_spellings_become_cli_flags_on_the_command_line(tmp_path):
+    """The storage layer speaks Python (``nonfinite='mask'``); the command line shows its own flags."""
+    from flows.console import cli_spelling
+
+    y = np.zeros((2, 8, 8), np.float32)
+    y[1, 2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", y)
+    with pytest.raises(storage.NonFiniteError) as e:
+        storage.ingest(tmp_path / "nan.npy", tmp_path / "a.zarr")
+    assert "pass nonfinite='mask'" in str(e.value) and not (tmp_path / "a.zarr").exists()
+    assert cli_spelling(str(e.value)) == str(e.value).replace("nonfinite='mask'", "--nonfinite mask")
+    assert cli_spelling("overlap=20 is too large for tile=32; pass overwrite=True, noise.sigma, execution.device='cpu'") \
+        == "--overlap 20 is too large for --tile 32; pass --overwrite, --sigma, --device cpu"
