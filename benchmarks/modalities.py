@@ -89,7 +89,7 @@ def simulate(kind: str, n: int, frames: int, folder: Path) -> dict:
         from operators.fourier import ifft2c
 
         zf = ifft2c(torch.from_numpy(k)).real.numpy()[:, None]
-        return {"truth": truth, "source": "kspace.npy", "ingest": ["--domain", "kspace", "--mask", str(folder / "mask.npy")],
+        return {"truth": truth, "source": "kspace.npy", "ingest": ["--domain", "kspace", "--sampling-mask", str(folder / "mask.npy")],
                 "sigma": sigma, "baseline": zf, "baseline_name": "zero-filled IFFT"}
     if kind == "sr":
         from skimage.transform import resize
@@ -101,7 +101,7 @@ def simulate(kind: str, n: int, frames: int, folder: Path) -> dict:
         np.save(folder / "lowres.npy", y.astype(np.float32))
         bic = np.stack([resize(v[0], (n, n), order=3) for v in y])[:, None]
         return {"truth": truth, "source": "lowres.npy", "ingest": ["--axes", "tcyx", "--intensity", "0,1"],
-                "sigma": 2 * sigma, "operator": ["--operator", "super_resolution", "--op-param", "scale=2"],
+                "sigma": sigma, "operator": ["--operator", "super_resolution", "--op-param", "scale=2"],
                 "baseline": bic, "baseline_name": "bicubic"}
     if kind == "astro":
         from skimage.restoration import richardson_lucy
@@ -119,7 +119,7 @@ def simulate(kind: str, n: int, frames: int, folder: Path) -> dict:
                for it in (5, 10, 20, 40)]
         best = max(rls, key=lambda r: _psnr(r, truth).mean())
         return {"truth": truth, "source": "sky.npy", "ingest": ["--axes", "tcyx", "--intensity", "0,1"],
-                "sigma": 2 * sigma, "operator": ["--operator", "astro_psf", "--op-param", "fwhm=3.0"],
+                "sigma": sigma, "operator": ["--operator", "astro_psf", "--op-param", "fwhm=3.0"],
                 "baseline": best, "baseline_name": "Richardson–Lucy (best iters)"}
     raise ValueError(kind)
 
@@ -151,7 +151,7 @@ def run(kind: str, a, work: Path) -> dict:
     rc, t_ing, msg = ddiff("ingest", str(folder / sim["source"]), str(store), *sim["ingest"])
     if rc:
         raise SystemExit(f"{kind}: ingest failed: {msg}")
-    rec = ["--sigma", f"{sim['sigma']:.6g}", "--steps", str(a.steps), "--batch-size", "1", "--threads", str(a.threads),
+    rec = ["--noise", "gaussian", "--sigma", f"{sim['sigma']:.6g}", "--steps", str(a.steps), "--batch-size", "1", "--threads", str(a.threads),
            *sim.get("operator", []), *(["--tile", str(a.size // 4), "--overlap", str(a.size // 16)]
                                        if "operator" in sim else [])]
     rc1, t1, msg1 = ddiff("reconstruct", str(store), str(out), *rec, interrupt_after=1, ledger=out / "_ledger")

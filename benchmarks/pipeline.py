@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     t_server_and_ingest = time.perf_counter() - t0
     p = flows.ReconstructParams(
         input_store=str(root / "input.zarr"), output_store=str(root / "recon.zarr"), operator=data["operator"],
-        noise={"kind": "gaussian", "sigma": 0.05}, prior=a.prior, solver={"name": "ddiff", "steps": a.steps},
+        noise={"kind": "gaussian", "sigma": 0.025}, prior=a.prior, solver={"name": "ddiff", "steps": a.steps},
         tile=a.tile, overlap=a.overlap, seed=0, execution={"batch_size": a.batch_size}, overwrite=True)
     t0 = time.perf_counter()
     r = flows.reconstruct_stack(p)

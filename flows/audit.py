@@ -23,25 +23,38 @@ import torch
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+import operators
 import storage
 from ddiff.audit import audit
 
 from . import tiles as T
 from .audit_report import frame_rows, render_audit_report, summary_markdown
 from .checks import check_audit
-from .params import AuditParams, NoiseSpec
-from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, run_tags, tag_this_run
+from .noise import noise_model
+from .params import AuditParams
+from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, report_failure, run_tags, tag_this_run
 
-__all__ = ["audit_reconstruction", "audit_frames", "CHUNK"]
+__all__ = ["audit_reconstruction", "audit_frames", "frames_per_chunk", "CHUNK"]
 
 CHUNK = 16  # frames audited (and held in memory) at once, at most ...
 CHUNK_BYTES = 256 << 20  # ... and fewer when their float32 reconstructions pass this (big frames: one at a time)
 
 
+def frames_per_chunk(out: storage.OutputStore) -> int:
+    """Frames audited at once: at most :data:`CHUNK`, fewer when their float32 reconstructions pass
+    :data:`CHUNK_BYTES` (the audit and the reconstruction's frame-fit table share this rule)."""
+    _, C, Ho, Wo = out.recon().shape
+    return max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
+
+
 def _frames(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: int):
+    """``(x̂, y, valid)`` of frames ``[t0, t1)`` in model space; ``valid`` None when every entry is."""
     x = torch.from_numpy(out.intensity.to_model(out.recon()[t0:t1]))
-    y = torch.from_numpy(stack.to_model(stack.array[t0:t1]))
-    return x, y
+    y = stack.to_model(stack.array[t0:t1])
+    valid = np.isfinite(y)
+    if stack.valid is not None:
+        valid &= np.asarray(stack.valid[t0:t1])
+    return x, torch.from_numpy(np.where(valid, y, np.float32(0))), (None if valid.all() else torch.from_numpy(valid))
 
 
 def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, control="sidak"):
@@ -59,8 +72,11 @@ def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, contr
     f = int(out.manifest["scale"])
     H, W = out.plan.frame_shape
     op = T.build_operator(cfg["operator"]["name"], cfg["operator"]["params"], (H * f, W * f))
-    noise = NoiseSpec(**cfg["noise"]).build()
-    x, y = _frames(out, stack, t0, t1)
+    noise = noise_model(cfg["noise"], stack)  # exact in the data's units (counts for a camera)
+    x, y, valid = _frames(out, stack, t0, t1)
+    if valid is not None:  # invalid entries count neither in the statistics nor in m
+        op = operators.Validity(op, valid, fill=noise.neutral())
+        y = op.apply(y)
     halo = getattr(op, "halo", None)
     res = audit(x, y, op, noise, alpha=alpha, window=window, control=control,
                 exclude_border=0 if halo is None else int(halo))
@@ -82,13 +98,28 @@ def _coords(out: storage.OutputStore, c0: int, c1: int, maps: bool) -> dict:
 
 @flow(name="audit-reconstruction", persist_result=False, flow_run_name=flow_run_namer("audit", "params.output_store"))
 def audit_reconstruction(params: AuditParams) -> dict:
-    """Audit every frame of ``params.output_store``; returns a small dict (report path, flags)."""
+    """Audit every frame of ``params.output_store``; returns a small dict (report path, flags).
+    A failed or interrupted audit publishes a failure summary and ``ddiff.run.failed``."""
+    p = params if isinstance(params, AuditParams) else AuditParams.model_validate(params)
+    try:
+        return _audit(p)
+    except BaseException as exc:
+        where = abspath(p.output_store)
+        cmd = f"ddiff audit {where} --alpha {p.alpha:g} --window {p.window}" + (
+            f" --report-dir {abspath(p.report_dir)}" if p.report_dir else "")
+        report_failure("audit-reconstruction", p.output_store, exc,
+                       [f"the reconstruction `{where}` is only read; the audit rewrites only its `audit/` group, "
+                        "its `audit_flags` label and the report folder"], [cmd],
+                       key=artifact_key("audit", p.output_store))
+        raise
+
+
+def _audit(p: AuditParams) -> dict:
     import xarray as xr
     from zarr.storage import LocalStore
 
     from .reconstruct import settings_text
 
-    p = params if isinstance(params, AuditParams) else AuditParams.model_validate(params)
     logger = get_run_logger()
     check_audit(p.output_store)  # complete, and its input is still the one it was made from
     out = storage.open_output(p.output_store)
@@ -99,8 +130,7 @@ def audit_reconstruction(params: AuditParams) -> dict:
     chi, pv, flags_frame, tile_flags, first = [], [], [], np.zeros((n, plan.n_tiles), bool), None
     rows: list[dict] = []
     with storage.RunLock(out.path) as lock:
-        _, C, Ho, Wo = out.recon().shape
-        step = max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
+        step = frames_per_chunk(out)
         for c0 in range(0, n, step):
             c1 = min(n, c0 + step)
             res, x, y, op = audit_frames(out.path, c0, c1, alpha=p.alpha, window=p.window, control=p.control)

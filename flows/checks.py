@@ -126,14 +126,13 @@ def check_reconstruct(p) -> Prepared:
     from .reconstruct import run_config
 
     check_device(p.execution.device)
-    p.noise.build()  # σ > 0 for Gaussian noise, ...
     if storage.measurement_of(p.input_store) is not None:  # sinograms, k-space, ...: whole frames
         from .frames import check_frames
 
         return check_frames(p)
     check_operator(p.operator.name, p.operator.params)
     stack = storage.open_stack(p.input_store)
-    try:
+    try:  # run_config also resolves the noise model (estimating what is left out) and checks it against the data
         config, geo, C, prior_sha = run_config(p)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"prior={p.prior!r}: {' '.join(str(exc).split())}") from None

@@ -61,8 +61,17 @@ def _reconstruct_params(a) -> "flows.ReconstructParams":  # noqa: F821
     return ReconstructParams(
         input_store=a.input, output_store=a.output,
         operator={"name": a.operator, "params": _kv(a.op_param, "--op-param")},
-        noise={"kind": a.noise, "sigma": a.sigma, "gain": a.gain}, prior=a.prior, solver=solver,
+        noise=_noise_options(a), prior=a.prior, solver=solver,
         tile=a.tile, overlap=a.overlap, seed=a.seed, execution=execution, overwrite=a.overwrite)
+
+
+def _noise_options(a) -> dict:
+    """``--noise`` and the parameters given (the ones left out are estimated from the data)."""
+    kind = a.noise
+    if kind == "auto" and a.sigma is not None:
+        kind = "gaussian"  # --sigma alone: Gaussian noise of that σ
+    given = {"sigma": a.sigma, "gain": a.gain, "offset": a.offset, "read_noise": a.read_noise}
+    return {"kind": kind, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _add_reconstruct_options(sp, demo: bool = False) -> None:
@@ -70,10 +79,15 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
     if not demo:
         g.add_argument("--operator", default="gaussian_blur", help="forward model name (default: gaussian_blur)")
         g.add_argument("--op-param", action="append", metavar="K=V", help="operator keyword, repeatable (e.g. std=3.0)")
-        g.add_argument("--noise", default="gaussian", choices=["gaussian", "poisson", "poisson_gaussian"])
-        g.add_argument("--sigma", type=float, default=0.05, help="noise sigma in model space [-1,1] (default 0.05); "
-                       "for measurement stores (sinogram, kspace, ...) in the measurements' own units")
-        g.add_argument("--gain", type=float, default=1.0, help="counts per model unit (Poisson models)")
+        g.add_argument("--noise", default="auto", choices=["auto", "gaussian", "poisson", "poisson_gaussian"],
+                       help="noise model, parameters in the DATA's units (ADU = the stored pixel values): auto "
+                            "(default: estimated from the stack — a camera if its variance grows with the signal, else "
+                            "Gaussian), gaussian (--sigma), poisson (--gain, --offset), poisson_gaussian = a camera "
+                            "(--gain, --offset, --read-noise). Parameters left out are estimated from the data")
+        g.add_argument("--sigma", type=float, default=None, help="Gaussian noise σ in ADU (data units, not model space)")
+        g.add_argument("--gain", type=float, default=None, help="camera conversion gain, e⁻ per ADU")
+        g.add_argument("--offset", type=float, default=None, help="camera black level (bias), ADU")
+        g.add_argument("--read-noise", type=float, default=None, help="camera read noise, e⁻ RMS")
     g.add_argument("--prior", default="default", help="'default' or a .safetensors/.pt checkpoint")
     g.add_argument("--solver", default="ddiff", choices=["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps",
                                                           "diffpir", "daps"],
@@ -118,11 +132,15 @@ def cmd_ingest(a) -> int:
         except ValueError:
             raise ValueError(f"--intensity {a.intensity!r}: give two numbers LOW,HIGH (e.g. 0,4095) or one of "
                              "percentile, minmax, dtype") from None
+    sat = a.saturation
+    sat = None if sat == "none" else (sat if sat == "dtype" else float(sat))
     pixel = None if a.pixel_size is None else [float(v) for v in a.pixel_size.split(",")]
     p = IngestParams(source=a.source, store=a.store, axes=a.axes, chunk=a.chunk, intensity=intensity,
-                     nonfinite=a.nonfinite, overwrite=a.overwrite, pixel_size=pixel, z_step=a.z_step,
+                     nonfinite=a.nonfinite, saturation=sat, mask=a.mask, bad_pixels=a.bad_pixels,
+                     overwrite=a.overwrite, pixel_size=pixel, z_step=a.z_step,
                      time_step=a.time_step, space_unit=a.space_unit, time_unit=a.time_unit, domain=a.domain,
-                     angles=a.angles, mask=a.mask, image_size=a.image_size, oversample=a.oversample)
+                     angles=a.angles, sampling_mask=a.sampling_mask, image_size=a.image_size,
+                     oversample=a.oversample)
     check_ingest(p)  # before Prefect starts: a bad source or target is reported in a second
     from . import ingest_stack
 
@@ -132,6 +150,8 @@ def cmd_ingest(a) -> int:
                      f"pixel {info['scale']} {info['units']} (from {info['geometry_source']})"
                      + (f"  ({a.domain}: solved as whole frames on the image grid the store records)"
                         if a.domain != "image" else ""))
+    if info["invalid"]["invalid"]:
+        _console().print(f"invalid entries (masked out of the likelihood): {info['invalid']}")
     return 0
 
 
@@ -144,6 +164,9 @@ def cmd_reconstruct(a) -> int:
 
     with command_server(), _LedgerProgress(p.output_store, "tiles solved", not a.no_progress):
         r = reconstruct_stack(p)
+    from .reconstruct import noise_text
+
+    _console().print(f"noise: {noise_text({'noise': r['noise'], 'noise_estimate': r.get('noise_estimate')})}")
     _console().print(f"[green]done[/green] {r['output']}: {r['solved']} tiles solved, {r['skipped']} resumed, "
                      f"{r['wall_seconds']:.1f}s (solver {r['solver_seconds']:.1f}s)")
     return 0
@@ -243,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", default="ddiff-demo", help="working folder (default: ./ddiff-demo)")
     sp.add_argument("--frames", type=int, default=8)
     sp.add_argument("--size", type=int, default=128, help="frame side in pixels (held-out parts are >= 128 wide)")
-    sp.add_argument("--sigma", type=float, default=0.05, help="noise sigma in model space")
+    sp.add_argument("--sigma", type=float, default=0.05,
+                    help="noise σ of the generated stack in model space [-1, 1] (= σ/2 in its stored units)")
     _add_reconstruct_options(sp, demo=True)
     sp.set_defaults(fn=cmd_demo)
 
@@ -261,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--chunk", type=int, default=256)
     sp.add_argument("--intensity", default="percentile", help="percentile | minmax | dtype | LOW,HIGH")
     sp.add_argument("--nonfinite", default="refuse", choices=["refuse", "mask"])
+    sp.add_argument("--saturation", default="dtype",
+                    help="values >= LEVEL (data units) are saturated and masked out: 'dtype' (default: the integer "
+                         "maximum, e.g. 65535), a number (e.g. 4095 for a 12-bit camera), or 'none'")
+    sp.add_argument("--mask", default=None, help="validity mask (.npy/.tif, non-zero = valid): (H,W), (T,H,W) or (T,C,H,W)")
+    sp.add_argument("--bad-pixels", default=None, help="detector bad-pixel map (.npy/.tif, non-zero = bad): (H,W) or (C,H,W)")
     sp.add_argument("--overwrite", action="store_true")
     m = sp.add_argument_group("measurement domains (solved as whole frames; see docs/modalities.md)")
     m.add_argument("--domain", default="image", choices=["image", "sinogram", "kspace", "fourier_magnitude"],
@@ -269,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "LOW,HIGH is the range of the IMAGE (default: estimated from the classical reconstruction)")
     m.add_argument("--angles", default=None, help="sinogram: projection angles in degrees — START:STOP:STEP "
                    "(e.g. 0:180:3), a count N (evenly over [0,180)), a comma list, or a .npy/.txt file")
-    m.add_argument("--mask", default=None, help="kspace: sampling mask .npy, (H,) rows or (H,W) "
+    m.add_argument("--sampling-mask", default=None, help="kspace: sampling mask .npy, (H,) rows or (H,W) "
                    "(default: the rows that are not all zero)")
     m.add_argument("--image-size", type=int, default=None, help="sinogram: side N of the N x N image "
                    "(default: the detector count)")

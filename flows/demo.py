@@ -106,7 +106,7 @@ def demo_pipeline(folder: str, frames: int = 8, size: int = 128, sigma: float = 
         stamps["ingest"] = time.perf_counter() - t
         p = ReconstructParams(
             input_store=str(root / "input.zarr"), output_store=str(root / "recon.zarr"), operator=data["operator"],
-            noise={"kind": "gaussian", "sigma": sigma}, prior=prior, solver=solver, tile=tile, overlap=overlap,
+            noise={"kind": "gaussian", "sigma": sigma / 2}, prior=prior, solver=solver, tile=tile, overlap=overlap,  # data units: stored = (model + 1)/2
             seed=seed, execution=execution or {}, overwrite=True)
         t = time.perf_counter()
         with _LedgerProgress(p.output_store, "tiles solved", progress):

@@ -81,8 +81,9 @@ def solve_frame_batch(desc: dict) -> dict:
     out = storage.open_output(desc["output"])
     stack = storage.open_stack(desc["input"])
     meas = out.manifest["measurement"]
-    if desc.get("torch_threads"):
-        torch.set_num_threads(int(desc["torch_threads"]))
+    threads = cfg.get("torch_threads") or desc.get("torch_threads")  # recorded: the same bytes on any worker
+    if threads:
+        torch.set_num_threads(int(threads))
     device, dtype = desc.get("device", "cpu"), desc.get("dtype", "fp32")
     prior = T.load_prior_cached(cfg["prior_path"], device, dtype)
     d = int(getattr(prior, "downsampling", 1) or 1)
@@ -131,11 +132,12 @@ def frame_config(p: ReconstructParams, stack: storage.Stack, meas: dict) -> tupl
     if p.operator.name not in (name, default) or p.operator.params:
         raise ValueError(f"{stack.path} holds {meas['domain']} measurements of `{name}` (geometry recorded at ingest); "
                          f"drop --operator {p.operator.name} / --op-param: the store's operator is used")
-    if p.noise.kind != "gaussian":
-        raise ValueError(f"{meas['domain']} measurements support Gaussian noise (σ in the measurement's units); "
-                         f"got noise {p.noise.kind!r}")
+    if p.noise.kind not in ("auto", "gaussian") or p.noise.sigma is None:
+        raise ValueError(f"{meas['domain']} measurements take Gaussian noise with its σ in the measurement's units: "
+                         f"give noise.sigma (--sigma S){'' if p.noise.kind in ('auto', 'gaussian') else ', not noise kind ' + repr(p.noise.kind)}"
+                         " (σ is not estimated from measurements yet)")
     prior_path, prior_sha = T.prior_identity(p.prior)
-    config = solver_config(p, name, meas["operator"]["params"], prior_path)
+    config = solver_config(p, name, meas["operator"]["params"], prior_path, {"kind": "gaussian", "sigma": float(p.noise.sigma)})
     config["noise_units"] = f"sigma in the units of the stored {meas['domain']} measurements"
     return config, prior_sha
 

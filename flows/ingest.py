@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 import storage
 
 from .params import IngestParams
-from .ui import abspath, artifact_key, flow_run_namer
+from .ui import abspath, artifact_key, flow_run_namer, report_failure
 
 __all__ = ["ingest_stack"]
 
@@ -32,25 +32,38 @@ def ingest_stack(params: IngestParams, artifacts: bool = True) -> dict:
     logger = get_run_logger()
     intensity = tuple(p.intensity) if isinstance(p.intensity, (list, tuple)) else p.intensity
     pixel = None if p.pixel_size is None else (p.pixel_size[0] if len(p.pixel_size) == 1 else tuple(p.pixel_size))
-    geometry = dict(pixel_size=pixel, z_step=p.z_step, time_step=p.time_step, space_unit=p.space_unit,
-                    time_unit=p.time_unit)
-    if p.domain != "image":  # measurements of a global operator, solved per frame: see flows.measure
-        from .measure import ingest_measurements
+    try:
+        if p.domain != "image":  # measurements of a global operator, solved per frame: see flows.measure
+            from .measure import ingest_measurements
 
-        st = ingest_measurements(p, **geometry)
-    else:
-        st = storage.ingest(p.source, p.store, axes=p.axes, chunk=p.chunk, intensity=intensity,
-                            nonfinite=p.nonfinite, overwrite=p.overwrite, **geometry)
+            st = ingest_measurements(p, pixel_size=pixel, z_step=p.z_step, time_step=p.time_step,
+                                     space_unit=p.space_unit, time_unit=p.time_unit)
+        else:
+            st = storage.ingest(p.source, p.store, axes=p.axes, chunk=p.chunk, intensity=intensity,
+                                nonfinite=p.nonfinite, saturation=p.saturation, mask=p.mask, bad_pixels=p.bad_pixels,
+                                overwrite=p.overwrite, pixel_size=pixel, z_step=p.z_step,
+                                time_step=p.time_step, space_unit=p.space_unit, time_unit=p.time_unit)
+    except BaseException as exc:
+        if artifacts:
+            report_failure("ingest-stack", p.store, exc,
+                           [f"the source `{abspath(p.source)}` is only read", f"`{abspath(p.store)}` is written in a "
+                            "hidden sibling folder and renamed into place when complete: no half-written store is left"],
+                           [f"ddiff ingest {abspath(p.source)} {abspath(p.store)}   # with the same options"],
+                           key=artifact_key("ingest", p.store), payload={"source": abspath(p.source)})
+        raise
+    vd = st.meta.get("validity", {})
     info = {"store": str(st.path), "shape": list(st.shape), "dtype": str(st.dtype), "axes": st.axes,
             "sizes": dict(zip(st.layout.axes, st.layout.shape)), "scale": st.scale, "units": st.units,
             "geometry_source": st.meta["geometry"]["source"],
-            "data_sha256": st.meta["data_sha256"], "seconds": st.meta.get("seconds")}
+            "data_sha256": st.meta["data_sha256"], "seconds": st.meta.get("seconds"),
+            "invalid": {k: vd.get(k, 0) for k in ("invalid", "nonfinite", "saturated", "mask", "bad_pixels")}}
     logger.info("ingested %s -> %s %s %s in %ss", p.source, st.path, st.shape, st.dtype, info["seconds"])
     if artifacts:
         create_markdown_artifact(
             f"# ingest\n\n- source: `{abspath(p.source)}`\n- store: `{abspath(st.path)}`\n- axes `{st.axes}` sizes {info['sizes']}, "
             f"dtype {st.dtype}; {st.n_frames} frames (t, z planes)\n- physical steps {st.scale} {st.units} "
             f"(from {info['geometry_source']})\n- intensity map: `{st.intensity.to_dict()}`\n- data sha256: `{info['data_sha256']}`\n"
+            f"- invalid entries (left out of every likelihood): {info['invalid']}\n",
             + (f"- measurements: {p.domain} of `{st.meta['measurement']['operator']['name']}`, image grid "
                f"{st.meta['measurement']['image_shape']}\n" if p.domain != "image" else ""),
             key=artifact_key("ingest", p.store), description="ingest summary")

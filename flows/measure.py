@@ -177,7 +177,7 @@ def _sampling_mask(mask_path: str | None, sample: np.ndarray) -> np.ndarray:
         if m.shape == (H,):
             m = np.repeat(m[:, None], W, axis=1)
         if m.shape != (H, W):
-            raise ValueError(f"--mask {mask_path}: shape {m.shape}; expected ({H},) rows or ({H}, {W}) like the k-space")
+            raise ValueError(f"--sampling-mask {mask_path}: shape {m.shape}; expected ({H},) rows or ({H}, {W}) like the k-space")
     else:  # zero-filled convention: an unsampled row is exactly zero in every frame read
         m = np.repeat((np.abs(sample) > 0).reshape(-1, H, W).any(0).any(-1)[:, None], W, axis=1)
     partial = m.any(1) & ~m.all(1)
@@ -214,7 +214,7 @@ def ingest_measurements(p, **geometry) -> storage.Stack:
     elif domain == "kspace":
         if p.image_size is not None and (int(p.image_size), int(p.image_size)) != (h, w):
             raise ValueError(f"--image-size does not apply to k-space: the image grid is the k-space grid ({h} x {w})")
-        mask = _sampling_mask(p.mask, sample)
+        mask = _sampling_mask(p.sampling_mask, sample)
         extra["sampling_mask"] = mask
         params = {"lines": np.flatnonzero(mask.any(1)).tolist(), "image_size": [int(h), int(w)]}
         image_shape, units = [int(h), int(w)], {"convention": "centred orthonormal DFT, DC at (H//2, W//2)"}

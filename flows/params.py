@@ -3,8 +3,10 @@
 Room: ``flows`` — pydantic only here (no torch import at module level, so the CLI's ``--help``
 stays fast).
 
-Units: noise parameters are in **model space** (``[-1, 1]``, after the input store's intensity
-map): with ``storage.ingest(..., intensity=(0, 1))`` a physical σ of 0.025 is a model σ of 0.05.
+Units: noise parameters are in the **data's units** (the input store's pixel values, e.g. ADU;
+camera gain in e⁻/ADU, read noise in e⁻); the store's intensity map to model space is composed into
+the likelihood (``operators.noise_units``). The benchmark's ``sigma_y`` stays in model space (the
+paper's protocol).
 """
 from __future__ import annotations
 
@@ -56,22 +58,63 @@ class OperatorSpec(_Model):
 
 
 class NoiseSpec(_Model):
-    """Measurement noise model, parameters in model space units (see module docstring)."""
+    """Measurement noise model, parameters in the DATA's units (the input store's pixel values: ADU).
 
-    kind: Literal["gaussian", "poisson", "poisson_gaussian"] = "gaussian"
-    sigma: float = Field(0.05, ge=0, description="Gaussian σ (model space)")
-    gain: float = Field(1.0, gt=0, description="counts per model unit (Poisson models)")
+    ``kind``: ``gaussian`` (σ in ADU), ``poisson`` (photon counting: gain, offset),
+    ``poisson_gaussian`` (a camera: gain e⁻/ADU, offset ADU, read noise e⁻), or ``auto`` (default:
+    the model and its parameters are estimated from the stack — a camera when its variance grows
+    with the signal, else Gaussian). A parameter left out (None) is estimated from the data; a
+    parameter given is used as is (and held fixed while the others are estimated). The estimate
+    and its standard errors are recorded in the output manifest (``noise_estimate``) and the run
+    summary. See ``docs/modalities.md`` (noise and masks)."""
 
-    def build(self):
+    kind: Literal["auto", "gaussian", "poisson", "poisson_gaussian"] = Field(
+        "auto", description="auto (estimate from the data), gaussian, poisson or poisson_gaussian (camera)")
+    sigma: Optional[float] = Field(None, ge=0, description="Gaussian σ in ADU (data units, > 0); None: estimated")
+    gain: Optional[float] = Field(None, gt=0, description="camera conversion gain, e⁻ per ADU; None: estimated")
+    offset: Optional[float] = Field(None, description="camera black level (bias), ADU; None: estimated")
+    read_noise: Optional[float] = Field(None, ge=0, description="camera read noise, e⁻ RMS; None: estimated")
+
+    @model_validator(mode="after")
+    def _fits_kind(self):
+        camera = [n for n in ("gain", "offset", "read_noise") if getattr(self, n) is not None]
+        if self.kind == "gaussian" and camera:
+            raise ValueError(f"noise kind 'gaussian' takes sigma only, not {camera}; use kind 'poisson_gaussian' for a camera")
+        if self.kind in ("poisson", "poisson_gaussian") and self.sigma is not None:
+            raise ValueError("a camera's Gaussian part is its read noise (e⁻): give read_noise, not sigma")
+        if self.kind == "poisson" and self.read_noise not in (None, 0):
+            raise ValueError("noise kind 'poisson' has no read noise; use kind 'poisson_gaussian'")
+        if self.kind == "auto" and self.sigma is not None and camera:
+            raise ValueError("give either sigma (Gaussian) or camera parameters (gain/offset/read_noise), not both")
+        return self
+
+    def complete(self) -> bool:
+        """True when every parameter of ``kind`` is given (nothing to estimate)."""
+        if self.kind == "gaussian":
+            return self.sigma is not None
+        if self.kind == "poisson":
+            return self.gain is not None and self.offset is not None
+        if self.kind == "poisson_gaussian":
+            return None not in (self.gain, self.offset, self.read_noise)
+        return False
+
+    def build(self, intensity: dict | None, integer: bool = False):
+        """The noise model in model space for a store whose intensity map is ``intensity``
+        (``{"scale": a, "offset": b}``: model = a·ADU + b; None = the identity, for data already in
+        model units — stores pass theirs, see ``flows.noise.noise_model``); ``integer``: the data
+        are whole ADU (a camera's ADC rounding joins its read noise). Needs a complete spec
+        (see :meth:`complete`; ``flows.noise.resolve_noise`` estimates the missing parameters)."""
         import operators
 
+        if not self.complete():
+            raise ValueError(f"noise spec {self.model_dump(exclude_none=True)} has parameters to estimate; "
+                             "resolve it against the input stack first (flows.noise.resolve_noise)")
+        a, b = (1.0, 0.0) if intensity is None else (float(intensity["scale"]), float(intensity["offset"]))
         if self.kind == "gaussian":
             if self.sigma <= 0:
                 raise ValueError("noise.sigma must be > 0 for Gaussian noise")
-            return operators.GaussianNoise(self.sigma)
-        if self.kind == "poisson":
-            return operators.PoissonNoise(self.gain)
-        return operators.PoissonGaussianNoise(self.gain, self.sigma)
+            return operators.gaussian_in_data_units(self.sigma, a, b)
+        return operators.CameraNoise(self.gain, self.offset, self.read_noise or 0.0, a, b, adc_step=1.0 if integer else 0.0)
 
 
 class SolverSpec(_Model):
@@ -151,14 +194,18 @@ class IngestParams(_Model):
     chunk: int = Field(256, ge=8)
     intensity: Any = Field("percentile", description="'percentile', 'minmax', 'dtype' or [low, high]")
     nonfinite: Literal["refuse", "mask"] = "refuse"
+    saturation: Optional[Any] = Field("dtype", description="values >= this level are saturated (invalid): 'dtype' "
+                                      "(the integer maximum; default), a level in data units, or None")
+    mask: Optional[str] = Field(None, description="validity mask file (.npy/.tif, non-zero = valid): (H,W), (T,H,W) or (T,C,H,W)")
+    bad_pixels: Optional[str] = Field(None, description="detector bad-pixel map (.npy/.tif, non-zero = bad): (H,W) or (C,H,W)")
     overwrite: bool = False
     domain: Literal["image", "sinogram", "kspace", "fourier_magnitude"] = Field(
         "image", description="what the frames are: images (tiled), or measurements solved per frame "
                              "(sinogram: angle × detector; kspace: complex, DC centred; fourier_magnitude)")
     angles: Any = Field(None, description="sinogram: projection angles in degrees (list, count, 'start:stop:step', "
                                           "comma list or a .npy/.txt file)")
-    mask: Optional[str] = Field(None, description="kspace: sampling mask .npy, (H,) rows or (H, W) "
-                                                  "(default: rows that are not all zero)")
+    sampling_mask: Optional[str] = Field(None, description="kspace: sampling mask .npy, (H,) rows or (H, W) "
+                                                           "(default: rows that are not all zero)")
     image_size: Optional[int] = Field(None, ge=8, description="sinogram/fourier_magnitude: side N of the N×N image "
                                                               "(default: detector count / from the padding)")
     oversample: float = Field(2.0, ge=0, description="fourier_magnitude: the padding rule of phase_retrieval")
@@ -167,9 +214,19 @@ class IngestParams(_Model):
     def _domain_options(self):
         if self.domain != "sinogram" and self.angles is not None:
             raise ValueError(f"angles apply to --domain sinogram, not {self.domain}")
-        if self.domain != "kspace" and self.mask is not None:
-            raise ValueError(f"mask applies to --domain kspace, not {self.domain}")
+        if self.domain != "kspace" and self.sampling_mask is not None:
+            raise ValueError(f"sampling_mask applies to --domain kspace, not {self.domain}")
+        if self.domain != "image" and (self.mask or self.bad_pixels):
+            raise ValueError(f"validity masks (mask, bad_pixels) apply to images; {self.domain} measurements "
+                             "take nonfinite='mask' only")
         return self
+
+    @field_validator("mask", "bad_pixels")
+    @classmethod
+    def _file_exists(cls, v):
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"{v!r} does not exist (a .npy or .tif image)")
+        return v
 
     @field_validator("source")
     @classmethod

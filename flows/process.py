@@ -12,8 +12,8 @@ Made to be *deployed* (``deployments/prefect.yaml``, ``docs/deploy.md``):
   redeploy (a ``{{ prefect.variables.X }}`` template in prefect.yaml is resolved once, at deploy time);
 * testing knobs (``fail_after_tiles``) are not parameters: the run form cannot offer them;
 * each stage is a child run with a name from the data and the tags ``operator:``/``solver:``/
-  ``prior:``/``user:``; a failed stage publishes a failure summary and a ``ddiff.run.failed`` event
-  (the reconstruction does so itself, :mod:`flows.run_report`);
+  ``prior:``/``user:``; a failed or interrupted stage publishes its failure summary and a
+  ``ddiff.run.failed`` event itself; this flow reports what fails before a stage's run exists;
 * the parent run carries the verdict artifact ``verdict-…``: OK / LOOK, the per-frame audit table,
   links to the child runs.
 """
@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger, tags
-from prefect.artifacts import create_markdown_artifact
 
 from .params import AuditParams, ExecutionSpec, IngestParams, NoiseSpec, OperatorSpec, ReconstructParams, SolverSpec
-from .run_report import publish_verdict
-from .ui import abspath, artifact_key, emit, failure_markdown, flow_run_namer, run_tags, tag_this_run
+from .run_report import deployment_run_command, publish_verdict
+from .ui import abspath, artifact_key, flow_run_namer, report_failure, run_tags, tag_this_run
 
 __all__ = ["process_stack", "VARIABLES"]
 
@@ -97,13 +96,13 @@ def process_stack(
         _rename(f"process {Path(output_store).name} · from {Path(input_store).name}")
     run = run_tags(operator=operator.name, solver=solver.name, prior=prior)
     tag_this_run(run)
-    stage = "ingest"
+    stage, states, called = "ingest", {}, None  # called: the stage whose child run was started
     try:
         with tags(*run):
-            states = {}
             if source and not (Path(input_store) / "zarr.json").is_file():
-                states["ingest"] = ingest_stack(IngestParams(source=source, store=input_store, axes=ingest_axes,
-                                                             intensity=ingest_intensity), return_state=True)
+                ip = IngestParams(source=source, store=input_store, axes=ingest_axes, intensity=ingest_intensity)
+                called = stage
+                states["ingest"] = ingest_stack(ip, return_state=True)
                 states["ingest"].result()
             elif source:
                 logger.info("%s already ingested: ingest skipped", abspath(input_store))
@@ -111,17 +110,23 @@ def process_stack(
             p = ReconstructParams(input_store=input_store, output_store=output_store, operator=operator, noise=noise,
                                   prior=prior, solver=solver, tile=tile, overlap=overlap, seed=seed,
                                   execution=execution, overwrite=overwrite)
+            called = stage
             states["reconstruct"] = reconstruct_stack(p, return_state=True)
             rec = states["reconstruct"].result()
             stage = "audit"
-            states["audit"] = audit_reconstruction(AuditParams(output_store=output_store, alpha=audit_alpha,
-                                                               window=audit_window), return_state=True)
+            ap = AuditParams(output_store=output_store, alpha=audit_alpha, window=audit_window)
+            called = stage
+            states["audit"] = audit_reconstruction(ap, return_state=True)
             aud = states["audit"].result()
         verdict = publish_verdict(output_store, rec, aud, states, audit_alpha)
         logger.info("%s — %s", verdict, abspath(output_store))
     except BaseException as exc:
-        if stage != "reconstruct":  # the reconstruction publishes its own failure summary and event
-            _stage_failed(stage, exc, input_store, output_store, source)
+        if called != stage:  # it failed here, before its child run started (a child reports its own failure)
+            report_failure(f"process-stack ({stage})", output_store, exc,
+                           [f"the {stage} stage did not start: nothing of it was written"],
+                           [deployment_run_command() or "rerun process_stack with the same parameters (finished "
+                            "stages are skipped)"], key=artifact_key("process-failure", output_store),
+                           payload={"input": abspath(input_store)})
         raise
     return {"input": abspath(input_store), "output": abspath(output_store), "verdict": verdict, "reconstruct": rec,
             "audit": {k: aud[k] for k in ("report", "dataset", "frames_flagged")}}
@@ -139,21 +144,3 @@ def _rename(name: str) -> None:
             client.update_flow_run(flow_run.id, name=f"{name} · {today()}")
     except Exception:  # noqa: BLE001 - a name never fails a run
         pass
-
-
-def _stage_failed(stage: str, exc: BaseException, input_store: str, output_store: str, source: str | None) -> None:
-    safe = {"ingest": [f"the source `{abspath(source or '')}` is only ever read; a half-written input store is "
-                       "never left behind (ingest writes to a temporary folder and renames it)"],
-            "audit": [f"the reconstruction `{abspath(output_store)}` is complete and unchanged; only its `audit/` "
-                      "group and report are rewritten"]}[stage]
-    resume = ["prefect deployment run 'process-stack/<deployment>'   # same parameters: finished stages are skipped",
-              f"ddiff audit {abspath(output_store)}" if stage == "audit" else
-              f"ddiff ingest {abspath(source or 'SOURCE')} {abspath(input_store)}"]
-    try:
-        create_markdown_artifact(failure_markdown(f"{stage} of `{abspath(output_store)}`", exc, safe, resume),
-                                 key=artifact_key(f"process-{stage}-failure", output_store),
-                                 description=f"FAILED: {stage} of {abspath(output_store)}")
-    except Exception:  # noqa: BLE001
-        pass
-    emit("ddiff.run.failed", output_store, {"flow": f"process-stack/{stage}", "error": f"{type(exc).__name__}: {exc}"[:500],
-                                            "input": abspath(input_store)})

@@ -36,8 +36,10 @@ from ddiff.priors.loading import NAMED_WEIGHTS
 
 from . import tiles as T
 from .checks import check_reconstruct
+from .noise import noise_model, resolve_noise, sample_frames
 from .params import ReconstructParams
-from .ui import abspath, artifact_key, batch_label, ensure_gpu_limit, flow_run_namer, run_tags, tag_this_run
+from .ui import (abspath, artifact_key, batch_label, ensure_gpu_limit, flow_run_namer, is_control_signal, run_tags,
+                 tag_this_run)
 
 __all__ = ["reconstruct_stack", "run_config", "artifact_key"]
 
@@ -94,14 +96,19 @@ def run_config(p: ReconstructParams) -> tuple[dict, "T.Geometry", int, str]:
     if 2 * overlap > min(p.tile, H, W) and op.halo is not None:
         raise ValueError(f"overlap={p.overlap} is too large for tile={p.tile}: need 2*overlap <= tile")
     geo = T.operator_geometry(op, (H, W), C, p.tile, overlap)
-    return solver_config(p, p.operator.name, p.operator.params, prior_path), geo, C, prior_sha
+    noise, estimate = resolve_noise(p.noise, stack)
+    _check_noise(noise, stack)
+    config = solver_config(p, p.operator.name, p.operator.params, prior_path, noise.model_dump(exclude_none=True))
+    if estimate is not None:  # deterministic (a fixed sample of the stack): a resumed run hashes the same
+        config["noise_estimate"] = estimate
+    return config, geo, C, prior_sha
 
 
-def solver_config(p: ReconstructParams, op_name: str, op_params: dict, prior_path: str) -> dict:
+def solver_config(p: ReconstructParams, op_name: str, op_params: dict, prior_path: str, noise: dict) -> dict:
     """The hashed run configuration shared by the tiled and the whole-frame (:mod:`flows.frames`) paths."""
     config = {
         "operator": {"name": op_name, "params": op_params},
-        "noise": p.noise.model_dump(),
+        "noise": noise,
         "prior": p.prior if p.prior in NAMED_WEIGHTS else Path(p.prior).name,
         "prior_path": prior_path,
         "solver": p.solver.name,
@@ -117,6 +124,32 @@ def solver_config(p: ReconstructParams, op_name: str, op_params: dict, prior_pat
         config["seeds"] = int(p.solver.seeds)
     return config
 
+
+def _check_noise(noise, stack: storage.Stack) -> None:
+    """The noise model accepts the data (valid entries of the estimation sample) — before a byte is
+    written; e.g. a camera offset above the dark pixels is one clear line naming ``noise.offset``."""
+    import torch
+
+    frames, valid = sample_frames(stack)
+    model = noise_model(noise.model_dump(exclude_none=True), stack)
+    vals = stack.to_model(frames[valid])
+    if vals.size:
+        model.validate(torch.from_numpy(vals)[None])
+
+
+def noise_text(config: dict) -> str:
+    """One line: the run's noise model in data units, and where its parameters came from."""
+    n = config["noise"]
+    est = config.get("noise_estimate")
+    if n["kind"] == "gaussian":
+        s = f"Gaussian σ = {n['sigma']:.4g} ADU"
+    else:
+        s = f"camera gain {n['gain']:.4g} e⁻/ADU, offset {n['offset']:.4g} ADU"
+        s += f", read noise {n['read_noise']:.4g} e⁻" if n.get("read_noise") is not None else " (pure Poisson)"
+    if est:
+        fixed = f"; given: {', '.join(est['fixed'])}" if est.get("fixed") else ""
+        s += f" — estimated from the data ({est['summary']}{fixed})"
+    return s
 
 def _descriptors(p: ReconstructParams, out: storage.OutputStore, config: dict, run_id: str, down: int) -> list[dict]:
     batches = T.group_batches(out.plan, out.n_frames, p.execution.batch_size, int(out.manifest["scale"]), down)
@@ -251,7 +284,8 @@ def frame_table(out: storage.OutputStore) -> list[dict]:
 
 def chi2_flags(out: storage.OutputStore, alpha: float = 0.01) -> list[tuple[int, int, float, float]]:
     """Tiles whose χ²_ν is implausible under Gaussian noise: exact χ²_m upper-tail ``p < alpha``
-    (m = values in the tile's blend window). Returns ``(frame, tile, chi2_nu, p)``."""
+    (m = valid values in the tile's blend window; for photon counts the Gaussian reference is an
+    approximation — the audit's tests are exact). Returns ``(frame, tile, chi2_nu, p)``."""
     import torch
 
     from ddiff.audit import scaled_chi2_sf
@@ -260,8 +294,11 @@ def chi2_flags(out: storage.OutputStore, alpha: float = 0.01) -> list[tuple[int,
     chi = np.asarray(ds["chi2_nu"].values, dtype=np.float64)
     C = out.channels
     m = np.array([C * t.blend_shape[0] * t.blend_shape[1] for t in out.plan], dtype=np.float64)
-    S = torch.from_numpy(chi * m[None])
-    mm = torch.from_numpy(np.broadcast_to(m, chi.shape).copy())
+    m = np.broadcast_to(m, chi.shape).copy()
+    if "dof" in ds:  # valid measurements per tile (masked entries do not count)
+        m = np.where(np.isfinite(ds["dof"].values), ds["dof"].values, m)
+    S = torch.from_numpy(chi * m)
+    mm = torch.from_numpy(m)
     p = scaled_chi2_sf(S, mm, 2 * mm, 8 * mm).numpy()
     return [(int(t), int(k), float(chi[t, k]), float(p[t, k])) for t, k in zip(*np.nonzero(p < alpha))]
 
@@ -286,7 +323,7 @@ def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dic
     lines = ["# ddiff reconstruction", "",
              f"- input: `{abspath(p.input_store)}`", f"- output: `{abspath(out.path)}` (OME-NGFF image at the root, {out.levels} pyramid levels, axes "
              f"`{out.layout.axes}`; diagnostics: `diagnostics/`)",
-             f"- operator: `{p.operator.name}` {p.operator.params or ''}; noise: `{p.noise.kind}` σ={p.noise.sigma:g}",
+             f"- operator: `{p.operator.name}` {p.operator.params or ''}; noise: {noise_text(out.manifest['config'])}",
              f"- prior: `{p.prior}`; solver: `{p.solver.name}` {out.manifest['config']['hyperparameters']}",
              f"- {settings_text(out.manifest['config'])}",
              f"- tiles: {out.plan.n_tiles}/frame × {out.n_frames} frames (tile {list(out.plan.tile)}, overlap "
@@ -349,7 +386,7 @@ def reconstruct_stack(params: ReconstructParams) -> dict:
     try:
         return _reconstruct(p, state)
     except BaseException as exc:
-        if p.artifacts:
+        if p.artifacts and not is_control_signal(exc):
             publish_failure(p, exc, state["progress"])
         raise
 
@@ -403,7 +440,8 @@ def _reconstruct(p: ReconstructParams, state: dict) -> dict:
     result = {"output": abspath(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
               "skipped": already, "wall_seconds": time.perf_counter() - t0,
               "solver_seconds": stage["solver_seconds"], "nfe": stage["nfe"], "complete": True,
-              "worker_pids": stage["pids"], "worker_threads": stage["threads"]}
+              "worker_pids": stage["pids"], "worker_threads": stage["threads"], "noise": out.manifest["config"]["noise"],
+              "noise_estimate": out.manifest["config"].get("noise_estimate")}
     if p.artifacts:
         rows, flags, fit = frame_table(out), chi2_flags(out), frame_fit_rows(out.path)
         publish_fit_table(out.path, fit)

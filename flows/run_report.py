@@ -24,7 +24,7 @@ import numpy as np
 
 import storage
 
-from .ui import abspath, artifact_key, emit, failure_markdown
+from .ui import abspath, artifact_key, interrupted, report_failure
 
 __all__ = ["frame_fit_rows", "publish_fit_table", "publish_failure", "resume_command", "publish_verdict"]
 
@@ -32,14 +32,14 @@ __all__ = ["frame_fit_rows", "publish_fit_table", "publish_failure", "resume_com
 def frame_fit_rows(output_store) -> list[dict]:
     """Per frame of a finished output: the frame χ²_ν (the audit's definition), its expectation, z, p,
     and the range of the solver's tile χ²_ν."""
-    from .audit import CHUNK, audit_frames
+    from .audit import audit_frames, frames_per_chunk
     from .audit_report import frame_rows
 
     out = storage.open_output(output_store)
     tile_chi = np.asarray(out.open_diagnostics()["chi2_nu"].values, dtype=np.float64)
-    rows = []
-    for c0 in range(0, out.n_frames, CHUNK):
-        c1 = min(out.n_frames, c0 + CHUNK)
+    rows, step = [], frames_per_chunk(out)
+    for c0 in range(0, out.n_frames, step):
+        c1 = min(out.n_frames, c0 + step)
         res = audit_frames(out.path, c0, c1)[0]
         for t, r in zip(range(c0, c1), frame_rows(res)):
             tc = tile_chi[t]
@@ -61,14 +61,13 @@ def publish_fit_table(output_store, rows: list[dict]) -> None:
 def resume_command(p) -> list[str]:
     """The commands that resume the run of :class:`flows.params.ReconstructParams` ``p``: the same
     ``ddiff reconstruct`` command line, and the deployment run when it came from one."""
-    from prefect.runtime import deployment, flow_run
-
     args = ["ddiff", "reconstruct", abspath(p.input_store), abspath(p.output_store), "--operator", p.operator.name]
     for k, v in (p.operator.params or {}).items():
         args += ["--op-param", f"{k}={v}"]
-    args += ["--noise", p.noise.kind, "--sigma", f"{p.noise.sigma:g}"]
-    if p.noise.kind != "gaussian":
-        args += ["--gain", f"{p.noise.gain:g}"]
+    args += ["--noise", p.noise.kind]  # the parameters as given (those left out are re-estimated identically)
+    for name in ("sigma", "gain", "offset", "read_noise"):
+        if getattr(p.noise, name) is not None:
+            args += ["--" + name.replace("_", "-"), f"{getattr(p.noise, name):g}"]
     args += ["--prior", p.prior, "--solver", p.solver.name]
     if p.solver.steps is not None:
         args += ["--steps", str(p.solver.steps)]
@@ -80,19 +79,34 @@ def resume_command(p) -> list[str]:
     args += ["--tile", str(p.tile), "--overlap", str(p.overlap), "--seed", str(p.seed), "--batch-size",
              str(ex.batch_size), "--dtype", ex.dtype, "--device", ex.device]
     cmds = [shlex.join(args)]
-    try:
-        if deployment.name and flow_run.flow_name:
-            cmds.insert(0, f"prefect deployment run '{flow_run.flow_name}/{deployment.name}'   # same parameters")
-    except Exception:  # noqa: BLE001
-        pass
+    line = deployment_run_command()
+    if line:
+        cmds.insert(0, line)
     return cmds
+
+
+def deployment_run_command() -> str | None:
+    """``prefect deployment run '<flow>/<deployment>'`` for the deployment this run (or its parent)
+    came from — the flow is the *deployment's* (e.g. ``process-stack``), not this sub-flow's."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import deployment
+
+    try:
+        if not deployment.id:
+            return None
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment(deployment.id)
+            flow_name = client.read_flow(dep.flow_id).name
+        return f"prefect deployment run '{flow_name}/{dep.name}'   # same parameters"
+    except Exception:  # noqa: BLE001 - a resume hint never fails a run
+        return None
 
 
 def publish_failure(p, exc: BaseException, progress_id=None, flow: str = "reconstruct-stack") -> None:
     """After a failed or interrupted reconstruction: mark the progress artifact, publish the failure
     summary under the run's summary key (the latest summary of that output says it failed), emit
     ``ddiff.run.failed``. Never raises (the run's own error is what the caller re-raises)."""
-    from prefect.artifacts import create_markdown_artifact, update_progress_artifact
+    from prefect.artifacts import update_progress_artifact
 
     try:
         out = storage.open_output(p.output_store)
@@ -108,19 +122,16 @@ def publish_failure(p, exc: BaseException, progress_id=None, flow: str = "recons
                 "and gives bit-identical output", f"the input `{abspath(p.input_store)}` is only ever read",
                 "the reconstruction image is valid only once a run finishes (the COMPLETE marker); do not read "
                 "it before"]
+    word = "INTERRUPTED" if interrupted(exc) else "FAILED"
     try:
         if progress_id is not None and total:
             update_progress_artifact(progress_id, progress=100.0 * solved / total,
-                                     description=f"FAILED at {solved}/{total} tiles ({type(exc).__name__}) — "
+                                     description=f"{word} at {solved}/{total} tiles ({type(exc).__name__}) — "
                                                  "see the reconstruct summary")
-        create_markdown_artifact(failure_markdown(f"reconstruction of `{where}`", exc, safe, resume_command(p)),
-                                 key=artifact_key("reconstruct-summary", p.output_store),
-                                 description=f"FAILED: reconstruction of {where}")
     except Exception:  # noqa: BLE001
         pass
-    emit("ddiff.run.failed", p.output_store, {"flow": flow, "error": f"{type(exc).__name__}: {exc}"[:500],
-                                              "tiles_solved": solved, "tiles_total": total,
-                                              "input": abspath(p.input_store), "resume": resume_command(p)[-1]})
+    report_failure(flow, p.output_store, exc, safe, resume_command(p), key=artifact_key("reconstruct-summary", p.output_store),
+                   payload={"tiles_solved": solved, "tiles_total": total, "input": abspath(p.input_store)})
 
 
 def _run_link(state) -> str:

@@ -37,9 +37,10 @@ from torch import nn
 import ddiff
 import operators
 import storage
-from ddiff.metrics import chi2_reduced
 from ddiff.solvers.base import infer_x_shape
 from storage.tiling import TilePlan
+
+from .noise import noise_model
 
 __all__ = ["InjectedFailure", "tile_seed", "resolved_threads", "build_operator", "load_prior_cached", "prior_identity",
            "operator_geometry", "group_batches", "solve_batch", "BatchOperator"]
@@ -234,18 +235,21 @@ def solve_batch(desc: dict) -> dict:
     down = int(getattr(prior, "downsampling", 1) or 1)
     H, W = plan.frame_shape
     op = _cached_operator(cfg["operator"]["name"], cfg["operator"]["params"], (H * f, W * f))
-    noise = _noise_from_config(cfg["noise"])
+    noise = noise_model(cfg["noise"], stack)  # parameters in data units, composed with the intensity map
     items = [(int(a), int(b)) for a, b in desc["items"]]
 
-    ys, ops, tiles, extras = [], [], [], []
+    ys, valids, ops, tiles, extras = [], [], [], [], []
     for frame, k in items:
         inp = storage.read_tile(stack, frame, k, plan)
         rh, rw = inp.tile.read_shape
         extra = (_div_pad(rh, f, down), _div_pad(rw, f, down))
         y = inp.data
+        v = np.ones(y.shape, bool) if inp.valid is None else inp.valid
         if extra != (0, 0):
             y = np.pad(y, ((0, 0), (0, extra[0]), (0, extra[1])), mode="reflect")
+            v = np.pad(v, ((0, 0), (0, extra[0]), (0, extra[1])), mode="reflect")
         ys.append(torch.from_numpy(np.ascontiguousarray(y)))
+        valids.append(torch.from_numpy(np.ascontiguousarray(v)))
         ops.append(_tile_op(op, plan, inp.tile, f, extra))
         tiles.append(inp.tile)
         extras.append(extra)
@@ -254,20 +258,24 @@ def solve_batch(desc: dict) -> dict:
     y = torch.stack(ys).to(device=device, dtype=tdtype)
     shared = all(o is ops[0] for o in ops)
     A = (ops[0] if shared else BatchOperator(ops)).to(device)
+    x_shape = infer_x_shape(y, A, prior.channels)
+    V = torch.stack(valids).to(device)
+    if not bool(V.all()):  # invalid pixels: removed from the likelihood, χ², m and the residual maps
+        A = operators.Validity(A, V, fill=noise.neutral()).to(device)
+        y = A.apply(y)
     gens = [torch.Generator(device=device if device != "mps" else "cpu").manual_seed(tile_seed(cfg["seed"], fr, k))
             for fr, k in items]
     solver = make_solver(cfg, prior)
-    x_shape = infer_x_shape(y, A, prior.channels)
     with _device_guard(device, desc.get("gpu_limit")):
         res = solver.solve(y, A, noise, generator=gens, x_shape=x_shape)
     x = res.x.float()
     with torch.no_grad():
         Ax = A(x)
-    resid = (y - Ax).cpu().numpy()
+    V_np = V.cpu().numpy()
+    resid = np.where(V_np, (y - Ax).cpu().numpy(), np.float32(np.nan))
     x = x.cpu().numpy()
     y_np = y.cpu().numpy()
     Ax_np = Ax.cpu().numpy()
-    sigma = float(noise.effective_sigma(y))
     written, chis = 0, []
     fail_after = desc.get("fail_after")
     done = {(int(a), int(b)) for a, b in desc.get("done", [])}
@@ -276,11 +284,16 @@ def solve_batch(desc: dict) -> dict:
             continue
         rh, rw = tile.read_shape
         iy, ix = tile.inner  # blend window on the input grid
-        yb, Axb = torch.from_numpy(y_np[i:i + 1, :, iy, ix]), torch.from_numpy(Ax_np[i:i + 1, :, iy, ix])
-        rb = resid[i, :, iy, ix]
-        chi = float(chi2_reduced(yb, Axb, sigma)[0])
-        diag = {"chi2_nu": chi, "nll": float(noise.nll(yb, Axb)[0]),
-                "residual_norm": float(np.linalg.norm(rb)), "residual_rms": float(np.sqrt(np.mean(rb.astype(np.float64) ** 2))),
+        vb = V_np[i, :, iy, ix]
+        yb = torch.from_numpy(y_np[i, :, iy, ix][vb])[None]  # the valid entries of the blend window
+        Axb = torch.from_numpy(Ax_np[i, :, iy, ix][vb])[None]
+        rb = resid[i, :, iy, ix][vb].astype(np.float64)
+        m = int(vb.sum())
+        with torch.no_grad():
+            chi = float(noise.discrepancy(yb, Axb)[0]) / max(m, 1) if m else float("nan")  # ‖r‖²/(mσ²); Pearson for counts
+            nll = float(noise.nll(yb, Axb)[0]) if m else 0.0
+        diag = {"chi2_nu": chi, "nll": nll, "dof": float(m),
+                "residual_norm": float(np.linalg.norm(rb)), "residual_rms": float(np.sqrt(np.mean(rb**2))) if m else float("nan"),
                 "nfe": int(res.nfe), "seconds": float(res.seconds) / len(items)}
         storage.write_tile_result(out, frame, k, x[i, :, : rh * f, : rw * f], diag, resid[i, :, :rh, :rw],
                                   run_id=desc["run_id"])
@@ -301,12 +314,6 @@ def resolved_threads(threads: int | None) -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _noise_from_config(d: dict):
-    from .params import NoiseSpec
-
-    return NoiseSpec(**d).build()
 
 
 class _nullcontext:

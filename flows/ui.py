@@ -17,7 +17,8 @@ the same vocabulary everywhere:
   the picture, and a ``file://`` URL is blocked by every browser;
 * **events** — ``ddiff.audit.flagged`` and ``ddiff.run.failed`` with the store and the counts
   (:func:`emit`), for automations (``docs/deploy.md`` §4);
-* **failures** — :func:`failure_markdown`: what failed, what is safe, the command that resumes;
+* **failures** — :func:`report_failure` / :func:`failure_markdown`: what failed, what is safe, the
+  command that resumes, and the ``ddiff.run.failed`` event;
 * **the GPU limit** — :func:`ensure_gpu_limit` creates the global concurrency limit on first use.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["artifact_key", "abspath", "run_tags", "tag_this_run", "flow_run_namer", "batch_label", "png_markdown",
-           "emit", "store_resource", "failure_markdown", "ensure_gpu_limit", "today"]
+           "emit", "store_resource", "failure_markdown", "report_failure", "is_control_signal", "interrupted", "ensure_gpu_limit", "today"]
 
 
 def abspath(path: str | Path) -> str:
@@ -197,16 +198,57 @@ def emit(event: str, store: str | Path, payload: dict) -> None:
         pass
 
 
+def is_control_signal(exc: BaseException) -> bool:
+    """Prefect's own control flow (a run paused or aborted by the API): not a failure to report."""
+    from prefect.exceptions import PrefectSignal
+
+    return isinstance(exc, PrefectSignal)
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, SIGTERM (a cancelled or stopped worker run) or exit — as opposed to an error."""
+    from prefect.exceptions import TerminationSignal
+
+    return isinstance(exc, (KeyboardInterrupt, SystemExit, TerminationSignal))
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: message"`` on one line (a termination signal says what it means)."""
+    msg = " ".join(str(exc).split())
+    if type(exc).__name__ == "TerminationSignal":
+        msg = f"signal {getattr(exc, 'signal', '?')} (the run was cancelled or its worker stopped)"
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
 def failure_markdown(what: str, exc: BaseException, safe: list[str], resume: list[str]) -> str:
     """The short failure summary an operator reads first: what failed, what is safe, what resumes."""
-    kind = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-    msg = " ".join(str(exc).split()) or type(exc).__name__
-    lines = [f"# {what} {kind.upper()}", "", f"- **error:** `{type(exc).__name__}: {msg[:400]}`", f"- when: {today()}", "",
+    kind = "interrupted" if interrupted(exc) else "failed"
+    lines = [f"# {what} {kind.upper()}", "", f"- **error:** `{describe(exc)[:400]}`", f"- when: {today()}", "",
              "**What is safe**", ""]
     lines += [f"- {s}" for s in safe]
     lines += ["", "**To resume** (work already done is kept and skipped)", ""]
     lines += [f"```\n{r}\n```" for r in resume]
     return "\n".join(lines)
+
+
+def report_failure(flow: str, store, exc: BaseException, safe: list[str], resume: list[str], *, key: str,
+                   payload: dict | None = None) -> None:
+    """A failed or interrupted run of ``flow`` on ``store``: the failure summary as the markdown artifact
+    ``key`` and the event ``ddiff.run.failed`` (payload: ``flow``, ``error``, ``interrupted``, ``resume`` and
+    ``payload``). Prefect's own pause/abort signals are not failures and publish nothing. Never raises."""
+    from prefect.artifacts import create_markdown_artifact
+
+    if is_control_signal(exc):
+        return
+    word = "INTERRUPTED" if interrupted(exc) else "FAILED"
+    try:
+        create_markdown_artifact(failure_markdown(f"{flow} of `{abspath(store)}`", exc, safe, resume), key=key,
+                                 description=f"{word}: {flow} of {abspath(store)}")
+    except Exception:  # noqa: BLE001
+        pass
+    emit("ddiff.run.failed", store, {"flow": flow, "error": describe(exc)[:500],
+                                     "interrupted": interrupted(exc), "resume": resume[-1] if resume else None,
+                                     **(payload or {})})
 
 
 def ensure_gpu_limit(name: str, *, slots: int = 1) -> bool:

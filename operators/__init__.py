@@ -7,6 +7,8 @@ holds 2-D frame operators.
 """
 from .base import ForwardModel, available, check_image, get_operator, register
 from .noise import GaussianNoise, NoiseModel, PoissonGaussianNoise, PoissonNoise
+from .noise_units import CameraNoise, DataUnits, gaussian_in_data_units
+from .validity import Validity
 from .blur import GaussianBlur, KernelBlur, MotionBlur, gaussian_kernel
 from .inpainting import InpaintingBox, InpaintingRandom, MaskOperator
 from .motion_kernel import motion_kernel
@@ -30,6 +32,10 @@ __all__ = [
     "NoiseModel",
     "PoissonNoise",
     "PoissonGaussianNoise",
+    "DataUnits",
+    "CameraNoise",
+    "gaussian_in_data_units",
+    "Validity",
     "GaussianBlur",
     "KernelBlur",
     "MotionBlur",

@@ -66,6 +66,10 @@ class NoiseModel:
     def effective_sigma(self, y: torch.Tensor) -> float:
         raise NotImplementedError
 
+    def neutral(self) -> float:
+        """The value given to unobserved entries (``operators.Validity``): a zero-signal measurement."""
+        return 0.0
+
 
 class GaussianNoise(NoiseModel):
     """Additive white Gaussian noise ``y = Ax + σ n``, ``σ`` in the units of ``A(x)``.

@@ -10,9 +10,11 @@ Group ``diagnostics/`` of the output store (Zarr v3, consolidated metadata)::
               y, x                     pixel positions (input grid) in the stack's space unit
               tile_row, tile_col       grid position of each tile
               tile_y, tile_x           physical centre of each tile's core
-    per (frame, tile):  chi2_nu, nll, residual_norm, residual_rms, nfe, seconds (NaN until written;
+    per (frame, tile):  chi2_nu, nll, residual_norm, residual_rms, nfe, seconds, dof (valid measurements
+                        in the blend window: masked entries do not count) (NaN until written;
                         nfe is int64 on disk with fill -1, decoded to NaN)
-    per pixel:          residual (frame, c, y, x) = y − A x̂ in model units, tile cores only
+    per pixel:          residual (frame, c, y, x) = y − A x̂ in model units, tile cores only; NaN where
+                        the measurement is invalid (masked)
     static:             core_box, blend_box (tile, box) in input pixels
 
 Every coordinate carries ``units`` (OME-NGFF unit names). Created as a template
@@ -32,7 +34,7 @@ from .tiling import TilePlan
 __all__ = ["DIAG_SCALARS", "NFE_FILL", "create_diagnostics", "write_residual", "write_scalars", "frame_coords"]
 
 DIAG_SCALARS = {"chi2_nu": "float64", "nll": "float64", "residual_norm": "float64", "residual_rms": "float64",
-                "nfe": "int64", "seconds": "float64"}
+                "nfe": "int64", "seconds": "float64", "dof": "float64"}
 NFE_FILL = -1
 GROUP = "diagnostics"
 

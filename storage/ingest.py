@@ -51,6 +51,7 @@ from .axes import Layout, Planes
 from .ome import ome_image_attrs, package_version
 from .readers import open_source
 from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory, creatable, write_error
+from .validity import ValidityRules
 
 __all__ = ["ingest", "check_ingest", "open_stack", "Stack", "verify_stack", "INPUT_KIND"]
 
@@ -99,7 +100,8 @@ def _check_target(store: Path, overwrite: bool, kind: str) -> bool:
 def ingest(source, store, *, dataset: str | None = None, axes: str | None = None, chunk: int = 256,
            shard: int | str | None = "auto", compression: str | None = "blosc-zstd",
            intensity: str | tuple[float, float] = "percentile", percentiles: tuple[float, float] = (0.1, 99.9),
-           max_samples: int = 2_000_000, nonfinite: str = "refuse", pixel_size: float | tuple[float, float] | None = None,
+           max_samples: int = 2_000_000, nonfinite: str = "refuse", saturation="dtype", mask=None, bad_pixels=None,
+           pixel_size: float | tuple[float, float] | None = None,
            z_step: float | None = None, space_unit: str | None = None, time_step: float | None = None,
            time_unit: str | None = None, block_bytes: int = 64 << 20, checksum: bool = True,
            overwrite: bool = False, measurement: dict | None = None, extra_arrays: dict | None = None) -> "Stack":
@@ -113,7 +115,9 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
     safe here because ingest is the only writer of the input store; ``intensity``
     ``"percentile"`` (default, ``percentiles`` of a ≤``max_samples`` streamed subsample -> [-1, 1]),
     ``"minmax"``, ``"dtype"`` (integer range) or an explicit ``(low, high)``; ``nonfinite``
-    ``"refuse"``|``"mask"``; ``pixel_size`` (y, x) or one number, ``z_step``, ``time_step`` and
+    ``"refuse"``|``"mask"``; ``saturation`` (``"dtype"``: the integer maximum, a level in data
+    units, or None), ``mask`` (file, non-zero = valid) and ``bad_pixels`` (file, non-zero = bad)
+    complete the validity mask (:mod:`storage.validity`); ``pixel_size`` (y, x) or one number, ``z_step``, ``time_step`` and
     the units override what the file says (default when neither: 1 micrometer, 1 second);
     ``block_bytes`` bounds what is held at once: whole frames are read while one fits, else each
     frame is streamed window by window (shard-aligned), so frames larger than memory ingest too.
@@ -151,7 +155,9 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                                     compressors=_compressors(compression, dtype), dimension_names=tuple(layout.axes),
                                     fill_value=0)
             planes = Planes(arr, layout)
-            w = _Writer(root, layout, planes, (cy, cx), source, nonfinite, PercentileSampler(N * C * H * W, max_samples))
+            rules = ValidityRules((N, C, H, W), dtype, saturation=saturation, mask=mask, bad_pixels=bad_pixels)
+            w = _Writer(root, layout, planes, (cy, cx), source, nonfinite, PercentileSampler(N * C * H * W, max_samples),
+                        rules)
             frame_bytes = C * H * W * dtype.itemsize
             if frame_bytes <= block_bytes:
                 per_block = max(1, block_bytes // max(1, frame_bytes))
@@ -188,6 +194,7 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                 "intensity": imap.to_dict(),
                 "nonfinite": {"policy": nonfinite, "frames": sorted(w.nonfinite_frames),
                               "mask": "valid" if w.valid is not None else None},
+                "validity": rules.summary("valid" if w.valid is not None else None),
                 "seconds": round(time.perf_counter() - t_start, 3),
             }
             if measurement is not None:
@@ -208,9 +215,10 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
 class _Writer:
     """Writes frame blocks or windows: non-finite policy, validity mask, intensity sample."""
 
-    def __init__(self, root, layout: Layout, planes: Planes, chunks, source, nonfinite: str, sampler):
+    def __init__(self, root, layout: Layout, planes: Planes, chunks, source, nonfinite: str, sampler,
+                 rules: ValidityRules):
         self.root, self.layout, self.planes, self.chunks = root, layout, planes, chunks
-        self.source, self.nonfinite, self.sampler = source, nonfinite, sampler
+        self.source, self.nonfinite, self.sampler, self.rules = source, nonfinite, sampler, rules
         self.valid: Planes | None = None
         self.nonfinite_frames: set[int] = set()
         self.hash = hashlib.sha256()
@@ -225,14 +233,17 @@ class _Writer:
                     raise NonFiniteError(f"{self.source}: frame(s) {bad[:10]} contain NaN/Inf; nothing was written. "
                                          "Clean the data or pass nonfinite='mask' to store them with a validity mask")
                 self.nonfinite_frames.update(bad)
-                if self.valid is None:
-                    v = self.root.create_array("valid", shape=self.layout.shape, dtype=bool,
-                                               chunks=self.layout.chunks(*self.chunks),
-                                               compressors=_compressors("zstd", np.dtype(bool)),
-                                               dimension_names=tuple(self.layout.axes), fill_value=True)
-                    self.valid = Planes(v, self.layout)
-                self.valid[f0:f0 + n, :, win[0], win[1]] = fin
-        self.sampler.add(np.abs(block) if block.dtype.kind == "c" else block)
+        ok = self.rules.block(block, f0, win)  # non-finite, saturated, user mask, bad pixels
+        if ok is not None:
+            if self.valid is None:
+                v = self.root.create_array("valid", shape=self.layout.shape, dtype=bool,
+                                           chunks=self.layout.chunks(*self.chunks),
+                                           compressors=_compressors("zstd", np.dtype(bool)),
+                                           dimension_names=tuple(self.layout.axes), fill_value=True)
+                self.valid = Planes(v, self.layout)
+            self.valid[f0:f0 + n, :, win[0], win[1]] = ok
+        mag = np.abs(block) if block.dtype.kind == "c" else block  # complex measurements: magnitudes
+        self.sampler.add(mag if ok is None else np.where(ok, mag, np.nan))  # percentiles of measurements only
         self.planes[f0:f0 + n, :, win[0], win[1]] = block
 
 
@@ -361,7 +372,8 @@ def open_stack(store) -> Stack:
         meta["geometry"] = {"scale": {a["name"]: float(v) for a, v in zip(ms["axes"], sc) if a["name"] != "c"},
                             "units": {a["name"]: a.get("unit") for a in ms["axes"] if a["name"] != "c"},
                             "source": "ome"}
-    valid = Planes(root["valid"], layout) if meta.get("nonfinite", {}).get("mask") else None
+    has_valid = meta.get("validity", {}).get("array") or meta.get("nonfinite", {}).get("mask")
+    valid = Planes(root["valid"], layout) if has_valid else None
     return Stack(path=path, data=data, meta=meta, ome=dict(root.attrs["ome"]),
                  intensity=IntensityMap.from_dict(meta["intensity"]), layout=layout, valid=valid)
 

@@ -243,8 +243,8 @@ def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest:
     create_diagnostics(tmp, stack.layout, plan, stack.scale, stack.units, attrs={
         "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),
         "prior_sha256": manifest["prior_sha256"] or "", "config_hash": manifest["config_hash"],
-        "residual_units": manifest.get("residual_units",
-                                       "model space [-1,1] units of the measurement (y - A x), input grid, tile cores")})
+        "residual_units": manifest.get("residual_units", "model space [-1,1] units of the measurement (y - A x), input "
+                                       "grid, tile cores; NaN where the measurement is invalid (masked)")})
     if "residual_units" in manifest:
         zarr.open_group(LocalStore(tmp), mode="r+")["diagnostics/residual"].attrs["units"] = manifest["residual_units"]
     consolidate(tmp)

@@ -30,6 +30,7 @@ TINY = dict(in_channels=1, model_channels=16, channel_mult=(1, 2), num_res_block
             num_head_channels=-1, learn_sigma=False, norm_groups=8)
 BLUR = {"name": "gaussian_blur", "params": {"kernel_size": 7, "std": 1.0}}
 SIGMA = 0.05
+SIGMA_DATA = SIGMA / 2  # the same noise in the stored data's units (stored = (model + 1)/2)
 
 
 def tiny_prior(path: Path, seed: int = 0, channels: int = 1) -> Path:

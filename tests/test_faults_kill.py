@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SIGMA
+from conftest import SIGMA_DATA
 from test_faults import params
 from test_flows import recon, staging
 
@@ -71,7 +71,7 @@ def test_kill9_during_ingest_leaves_nothing_and_the_next_run_reclaims(tmp_path):
 
 def _cli(env, out, *extra, steps=3):
     return [sys.executable, "-m", "flows.cli", "reconstruct", str(env["input"]), str(out), "--prior", str(env["prior"]),
-            "--op-param", "kernel_size=7", "--op-param", "std=1.0", "--sigma", str(SIGMA), "--steps", str(steps), "--tile",
+            "--op-param", "kernel_size=7", "--op-param", "std=1.0", "--sigma", str(SIGMA_DATA), "--steps", str(steps), "--tile",
             "24", "--overlap", "4", "--seed", "3", "--batch-size", "1", "--threads", "1", "--no-progress", *extra]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BLUR, SIGMA
+from conftest import BLUR, SIGMA, SIGMA_DATA
 
 import flows
 import storage
@@ -20,7 +20,7 @@ STEPS = 20
 
 def params(env, out, **kw):
     base = dict(input_store=str(env["input"]), output_store=str(out), prior=str(env["prior"]), operator=BLUR,
-                noise={"kind": "gaussian", "sigma": SIGMA}, solver={"name": "ddiff", "steps": STEPS}, tile=24,
+                noise={"kind": "gaussian", "sigma": SIGMA_DATA}, solver={"name": "ddiff", "steps": STEPS}, tile=24,
                 overlap=4, seed=3, execution={"batch_size": 3, "torch_threads": 1}, artifacts=True)
     base.update(kw)
     return flows.ReconstructParams(**base)

@@ -20,8 +20,8 @@ def test_default_path_improves_every_frame_without_seams(prefect_harness, tmp_pa
                                           intensity=[0.0, 1.0], chunk=64))
     p = flows.ReconstructParams(
         input_store=str(tmp_path / "in.zarr"), output_store=str(tmp_path / "out.zarr"), operator=DEMO_OPERATOR,
-        noise={"kind": "gaussian", "sigma": 0.05}, solver={"name": "ddiff", "steps": 30}, tile=32, overlap=8,
-        execution={"batch_size": 4, "torch_threads": 2}, artifacts=False)
+        noise={"kind": "gaussian", "sigma": 0.025}, solver={"name": "ddiff", "steps": 30}, tile=32, overlap=8,
+        execution={"batch_size": 4, "torch_threads": 2}, artifacts=False)  # σ in the stored units: (y + 1)/2
     flows.reconstruct_stack(p)
     out = storage.open_output(p.output_store)
     assert out.plan.n_tiles == 4 and out.manifest["config"]["hyperparameters"]["x_update"] == "discrepancy"

@@ -203,7 +203,7 @@ def test_measurement_ingest_errors_are_one_line(tmp_path, capsys):
     np.save(tmp_path / "k.npy", k)
     np.save(tmp_path / "m.npy", np.abs(k[0]) > 0)
     capsys.readouterr()
-    rc = main(["ingest", str(tmp_path / "k.npy"), str(tmp_path / "k.zarr"), "--domain", "kspace", "--mask",
+    rc = main(["ingest", str(tmp_path / "k.npy"), str(tmp_path / "k.zarr"), "--domain", "kspace", "--sampling-mask",
                str(tmp_path / "m.npy"), "--no-progress"])
     assert rc == 2 and "whole phase-encode rows" in capsys.readouterr().err
     assert not (tmp_path / "k.zarr").exists()
@@ -228,7 +228,8 @@ def test_super_resolution_stack_tiles_beats_bicubic_with_regional_audit(prefect_
     y = (A(torch.from_numpy(truth)) + sigma * torch.randn(2, 1, 24, 24, generator=torch.Generator().manual_seed(0)))
     store = _image_stack(tmp_path, "lowres", y.numpy())
     p = flows.ReconstructParams(input_store=str(store), output_store=str(tmp_path / "sr.zarr"),
-                                operator={"name": "super_resolution", "params": {"scale": 2}}, noise={"sigma": sigma},
+                                operator={"name": "super_resolution", "params": {"scale": 2}},
+                                noise={"kind": "gaussian", "sigma": sigma / 2},  # data units: physical [0, 1]
                                 solver={"steps": STEPS}, tile=12, overlap=3, execution=EXEC, artifacts=False)
     flows.reconstruct_stack(p)
     out = storage.open_output(p.output_store)
@@ -259,7 +260,8 @@ def test_telescope_psf_stack_tiles_beats_richardson_lucy(prefect_harness, tmp_pa
                                                                             generator=torch.Generator().manual_seed(0))
     store = _image_stack(tmp_path, "sky", y.numpy())
     p = flows.ReconstructParams(input_store=str(store), output_store=str(tmp_path / "sky_out.zarr"),
-                                operator={"name": "astro_psf", "params": {"fwhm": 3.0}}, noise={"sigma": sigma},
+                                operator={"name": "astro_psf", "params": {"fwhm": 3.0}},
+                                noise={"kind": "gaussian", "sigma": sigma / 2},  # data units: physical [0, 1]
                                 solver={"steps": STEPS}, tile=16, overlap=4, execution=EXEC, artifacts=False)
     flows.reconstruct_stack(p)
     x = 2 * _recon(p.output_store) - 1

@@ -47,8 +47,9 @@ def artifacts_of(run_id) -> dict:
     return out
 
 
-def events_about(name: str, store) -> list:
-    """Events ``name`` whose resource is ``store`` (``ddiff.store.<absolute path>``), oldest first."""
+def events_about(name: str, store, where=lambda e: True) -> list:
+    """Events ``name`` whose resource is ``store`` (``ddiff.store.<absolute path>``) and that satisfy
+    ``where``, oldest first (waits up to ~10 s for the server to persist them)."""
     import datetime as dt
     import time
 
@@ -62,8 +63,9 @@ def events_about(name: str, store) -> list:
     for _ in range(50):  # the server persists events asynchronously
         with client() as c:
             page = c.read_events(filter=flt, limit=50)
-        if page.events:
-            return sorted(page.events, key=lambda e: e.occurred)
+        found = [e for e in page.events if where(e)]
+        if found:
+            return sorted(found, key=lambda e: e.occurred)
         time.sleep(0.2)
     return []
 
@@ -162,9 +164,12 @@ def test_failed_run_marks_progress_publishes_summary_and_event(flows_env):
     events = events_about("ddiff.run.failed", out.absolute())
     assert events and events[0].payload["tiles_solved"] == 2 and events[0].payload["tiles_total"] == 8
     assert "InjectedFailure" in events[0].payload["error"]
-    # the resume command in the summary works as written (here: through the flow, same parameters)
-    res = flows.reconstruct_stack(params(flows_env, out, artifacts=False))
-    assert res["skipped"] == 2 and res["solved"] == 6
+    # auditing the unfinished output fails in one line and is reported the same way
+    with pytest.raises(storage.StorageError, match="not complete"):
+        flows.audit_reconstruction(flows.AuditParams(output_store=str(out)))
+    audit_events = events_about("ddiff.run.failed", out.absolute(), lambda e: e.payload["flow"] == "audit-reconstruction")
+    assert audit_events and audit_events[0].payload["resume"].startswith(f"ddiff audit {out.absolute()}")
+    # (resuming from the ledger is tests/test_flows.py::test_interrupted_run_resumes_to_identical_output)
 
 
 def test_audit_emits_frames_flagged_event(ops_run):
@@ -321,3 +326,29 @@ def test_failure_summary_says_interrupted_for_ctrl_c_and_lists_what_is_safe():
                           ["ddiff reconstruct /d/in.zarr /d/out.zarr"])
     assert md.startswith("# reconstruction of `/d/out.zarr` INTERRUPTED") and "- 5 of 8 tiles are kept" in md
     assert "```\nddiff reconstruct /d/in.zarr /d/out.zarr\n```" in md
+
+
+def test_the_ui_markdown_renderer_keeps_the_inline_pictures(ops_run):
+    """The audit artifact through the installed Prefect UI's own markdown pipeline (its bundled
+    react-markdown + rehype-sanitize, configured as the UI does; tests/ui/render_markdown.mjs, run by
+    node): the React tree has one <img> per picture with its data:image/png source — and plain
+    react-markdown, without the UI's exception, would drop them (the control)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import prefect
+    from prefect.settings import get_current_settings
+
+    node = shutil.which("node")
+    assets = Path(prefect.__file__).parent / "server" / "ui-v2" / "assets"
+    if node is None or not assets.is_dir():
+        pytest.skip("needs node and the installed Prefect UI (prefect/server/ui-v2)")
+    script = Path(__file__).parent / "ui" / "render_markdown.mjs"
+    r = subprocess.run([node, str(script), str(assets), str(get_current_settings().api.url),
+                        artifact_key("audit", ops_run[0])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    tree, control = (json.loads(line) for line in r.stdout.strip().splitlines()[-2:])
+    assert tree["type"] == "markdown" and tree["elements"]["img"] == 3 and tree["elements"]["h3"] == 3
+    assert all(i["src_prefix"].startswith("data:image/png;base64,") and i["png_bytes"] > 1000 for i in tree["images"])
+    assert control["control_img_src_chars"] == [0, 0, 0]

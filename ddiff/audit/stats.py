@@ -115,8 +115,18 @@ def poisson_deviance_moments(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return out[0], out[1], out[2]
 
 
+def _unwrap(noise, *values):
+    """A noise model stated in the data's units (``operators.DataUnits``: ``inner`` + ``to_inner``)
+    → its physical model and the values mapped to its units; any other model is returned as is."""
+    if hasattr(noise, "inner") and hasattr(noise, "to_inner"):
+        return (noise.inner, *(noise.to_inner(v if v.is_complex() else v.double()) for v in values))
+    return (noise, *values)
+
+
 def noise_kind(noise) -> str:
-    """``"gaussian"``, ``"poisson"``, ``"poisson_gaussian"`` or ``"other"`` for an ``operators`` noise model."""
+    """``"gaussian"``, ``"poisson"``, ``"poisson_gaussian"`` or ``"other"`` for an ``operators`` noise model
+    (of a model in data units: of its physical model)."""
+    (noise,) = _unwrap(noise)
     name = type(noise).__name__
     if name == "PoissonGaussianNoise":
         return "poisson_gaussian"
@@ -137,6 +147,8 @@ def _photon_params(noise) -> tuple[float, float]:
 
 def entry_sd(noise, Ax: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Null standard deviation of each measurement entry at mean ``Ax`` (units of ``y``), float64."""
+    if hasattr(noise, "to_inner"):
+        return entry_sd(noise.inner, noise.to_inner(Ax), None if y is None else noise.to_inner(y)) / abs(noise.scale)
     kind = noise_kind(noise)
     if kind in ("poisson", "poisson_gaussian"):
         gain, sigma = _photon_params(noise)
@@ -154,6 +166,7 @@ def elementwise_stats(y: torch.Tensor, Ax: torch.Tensor, noise) -> tuple[torch.T
     """
     if y.shape != Ax.shape:
         raise ValueError(f"audit: measurement shape {tuple(y.shape)} differs from A(x̂) {tuple(Ax.shape)}")
+    noise, y, Ax = _unwrap(noise, y, Ax)  # a model in data units: d is computed in those units (counts)
     kind = noise_kind(noise)
     if kind in ("gaussian", "other"):
         sigma = float(noise.effective_sigma(y))

@@ -31,9 +31,15 @@ from .base import likelihood_grad, rdot, real_part
 __all__ = ["discrepancy", "measurement_count", "project_to_discrepancy"]
 
 
-def measurement_count(y: torch.Tensor) -> int:
-    """``m``: real measurements per sample (a complex entry counts twice)."""
-    return y[0].numel() * (2 if y.is_complex() else 1)
+def measurement_count(y: torch.Tensor, operator=None) -> torch.Tensor:
+    """``m``: real measurements per sample ``(B,)`` (a complex entry counts twice), counting only the
+    entries an operator's ``valid`` mask marks as measured (``operators.Validity``)."""
+    per = 2 if y.is_complex() else 1
+    valid = getattr(operator, "valid", None)
+    if isinstance(valid, torch.Tensor):
+        v = torch.broadcast_to(valid.to(y.device), y.shape)
+        return v.reshape(y.shape[0], -1).sum(1).to(y.real.dtype) * per
+    return torch.full((y.shape[0],), float(y[0].numel() * per), dtype=y.real.dtype, device=y.device)
 
 
 def discrepancy(noise, y: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
@@ -65,37 +71,45 @@ def project_to_discrepancy(operator, noise, y: torch.Tensor, v: torch.Tensor, ta
 
 def _cgls_to_discrepancy(operator, noise, y, v, tau, max_iters):
     sigma2 = float(noise.effective_sigma(y)) ** 2
-    m = measurement_count(y)
-    eps = tau * m * sigma2  # target ‖r‖²
+    m = measurement_count(y, operator)
+    eps = tau * m * sigma2  # target ‖r‖² per sample (B,)
+    # per-sample scalars are kept flat (B,) and shaped for image or measurement space where used
+    # (the two may differ in rank, e.g. a measurement vector (B, m))
+    def dot(a, b):
+        return rdot(a, b).flatten()
+
+    def on(t, like):
+        return t.view(-1, *([1] * (like.ndim - 1)))
+
     x = v.clone()
     r = y - operator(x)  # measurement-space residual
-    rr = rdot(r, r)
+    rr = dot(r, r)
     done = rr <= eps
     s = real_part(operator.adjoint(r))  # −½∇‖r‖² in image space
-    p, gam = s.clone(), rdot(s, s)
+    p, gam = s.clone(), dot(s, s)
     k = 0
     while k < max_iters and not bool(done.all()):
         k += 1
         q = operator(p)
-        qq = rdot(q, q).clamp_min(1e-30)
-        rq = rdot(r, q)
+        qq = dot(q, q).clamp_min(1e-30)
+        rq = dot(r, q)
         alpha = gam / qq  # the CGLS step (exact line minimiser along p)
         rr_next = rr - 2 * alpha * rq + alpha**2 * qq
         hit = ~done & (rr_next <= eps)
         # shortest step on this line with ‖r − a q‖² = eps: the smaller root of the quadratic
         a_hit = (rq - (rq * rq - qq * (rr - eps)).clamp_min(0).sqrt()) / qq
         a = torch.where(done, torch.zeros_like(alpha), torch.where(hit, a_hit, alpha))
-        x, r = x + a * p, r - a * q
-        rr = rdot(r, r)
+        x, r = x + on(a, x) * p, r - on(a, r) * q
+        rr = dot(r, r)
         done = done | hit
         s = real_part(operator.adjoint(r))
-        gam_next = rdot(s, s)
-        p, gam = s + (gam_next / gam.clamp_min(1e-30)) * p, gam_next
-    return x, {"discrepancy": (rr.flatten() / (m * sigma2)), "iters": k}
+        gam_next = dot(s, s)
+        p, gam = s + on(gam_next / gam.clamp_min(1e-30), s) * p, gam_next
+    return x, {"discrepancy": rr / (m * sigma2), "iters": k}
 
 
 def _descent_to_discrepancy(operator, noise, y, v, tau, max_iters):
-    m = measurement_count(y)
+    m = measurement_count(y, operator)
     target = tau * m
     shape = (-1,) + (1,) * (v.ndim - 1)
     x = v.clone()

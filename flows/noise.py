@@ -1,0 +1,65 @@
+"""The run's noise model: parameters the user left out are estimated from the input stack.
+
+Room: ``flows`` — ``storage`` (reading a bounded sample of the stack), ``operators.noise_estimate``
+(the statistics), :class:`flows.params.NoiseSpec`.
+
+:func:`resolve_noise` returns the complete spec (every parameter in the data's units) that the run
+records in its manifest and hashes, plus the estimate with its standard errors (None when the user
+gave everything). The sample is deterministic — at most :data:`MAX_FRAMES` frames evenly spaced
+through the stack, each cropped to its central :data:`MAX_SIDE`² — so a resumed run estimates the
+very same numbers and keeps its configuration hash.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import storage
+
+from .params import NoiseSpec
+
+__all__ = ["resolve_noise", "noise_model", "sample_frames", "MAX_FRAMES", "MAX_SIDE"]
+
+MAX_FRAMES = 8
+MAX_SIDE = 1024
+
+
+def sample_frames(stack: storage.Stack) -> tuple[np.ndarray, np.ndarray]:
+    """``(frames, valid)``: ``(N·C, h, w)`` float64 data values (the store's own units) and validity."""
+    T, C, H, W = stack.shape
+    ts = sorted({int(round(v)) for v in np.linspace(0, T - 1, min(T, MAX_FRAMES))})
+    h, w = min(H, MAX_SIDE), min(W, MAX_SIDE)
+    y0, x0 = (H - h) // 2, (W - w) // 2
+    frames, valid = [], []
+    for t in ts:
+        u = np.asarray(stack.array[t, :, y0:y0 + h, x0:x0 + w], dtype=np.float64)
+        v = np.isfinite(u)
+        if stack.valid is not None:
+            v &= np.asarray(stack.valid[t, :, y0:y0 + h, x0:x0 + w])
+        frames.append(u)
+        valid.append(v)
+    return np.concatenate(frames), np.concatenate(valid)
+
+
+def resolve_noise(spec: NoiseSpec, stack: storage.Stack) -> tuple[NoiseSpec, dict | None]:
+    """``(complete spec, estimate dict or None)`` — see the module docstring."""
+    if spec.complete():
+        return spec, None
+    from operators.noise_estimate import estimate_noise
+
+    frames, valid = sample_frames(stack)
+    est = estimate_noise(frames, valid, kind=spec.kind, sigma=spec.sigma, gain=spec.gain, offset=spec.offset,
+                         read_noise=spec.read_noise)
+    if est.kind == "gaussian":
+        done = NoiseSpec(kind="gaussian", sigma=spec.sigma if spec.sigma is not None else est.sigma)
+    else:
+        done = NoiseSpec(kind=est.kind, gain=est.gain, offset=est.offset,
+                         read_noise=est.read_noise if est.kind == "poisson_gaussian" else None)
+    d = est.as_dict()
+    d["requested"] = spec.model_dump(exclude_none=True)
+    d["summary"] = est.describe()
+    return done, d
+
+
+def noise_model(config_noise: dict, stack: storage.Stack):
+    """The run's noise model in model space (its manifest entry + the input store's intensity map)."""
+    return NoiseSpec(**config_noise).build(stack.intensity.to_dict(), integer=stack.dtype.kind in "ui")
