@@ -274,7 +274,9 @@ def reconstruct_frames(p: ReconstructParams, state: dict) -> dict:
         lock.release()
     result = {"output": abspath(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
               "skipped": already, "wall_seconds": time.perf_counter() - t0, "solver_seconds": stage["solver_seconds"],
-              "nfe": stage["nfe"], "complete": True, "worker_pids": stage["pids"]}
+              "nfe": stage["nfe"], "complete": True, "worker_pids": stage["pids"],
+              "worker_threads": [out.manifest["config"].get("torch_threads")], "noise": out.manifest["config"]["noise"],
+              "noise_estimate": None}
     if p.artifacts:
         fit = frame_fit_rows(out.path)
         publish_fit_table(out.path, fit)

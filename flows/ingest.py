@@ -63,7 +63,7 @@ def ingest_stack(params: IngestParams, artifacts: bool = True) -> dict:
             f"# ingest\n\n- source: `{abspath(p.source)}`\n- store: `{abspath(st.path)}`\n- axes `{st.axes}` sizes {info['sizes']}, "
             f"dtype {st.dtype}; {st.n_frames} frames (t, z planes)\n- physical steps {st.scale} {st.units} "
             f"(from {info['geometry_source']})\n- intensity map: `{st.intensity.to_dict()}`\n- data sha256: `{info['data_sha256']}`\n"
-            f"- invalid entries (left out of every likelihood): {info['invalid']}\n",
+            f"- invalid entries (left out of every likelihood): {info['invalid']}\n"
             + (f"- measurements: {p.domain} of `{st.meta['measurement']['operator']['name']}`, image grid "
                f"{st.meta['measurement']['image_shape']}\n" if p.domain != "image" else ""),
             key=artifact_key("ingest", p.store), description="ingest summary")
