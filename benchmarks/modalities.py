@@ -126,7 +126,7 @@ def simulate(kind: str, n: int, frames: int, folder: Path) -> dict:
 
 def ddiff(*args: str, interrupt_after: int | None = None, ledger: Path | None = None) -> tuple[int, float, str]:
     """Run ``ddiff ARGS`` (the console command); with ``interrupt_after``, press Ctrl-C (SIGINT) once
-    that many frames/tiles are in the output's ledger. Returns (exit code, seconds, last line)."""
+    that many frames/tiles are in the output's ledger. Returns (exit code, seconds, its output on one line)."""
     cmd = [sys.executable, "-m", "flows.cli", *args, "--no-progress"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -137,8 +137,7 @@ def ddiff(*args: str, interrupt_after: int | None = None, ledger: Path | None = 
                 break
             time.sleep(0.2)
     out, _ = proc.communicate()
-    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
-    return proc.returncode, time.perf_counter() - t0, (lines[-1] if lines else "")
+    return proc.returncode, time.perf_counter() - t0, " ".join(out.split())  # rich wraps long lines
 
 
 def run(kind: str, a, work: Path) -> dict:
@@ -175,11 +174,11 @@ def run(kind: str, a, work: Path) -> dict:
 
 
 def _counts(line: str) -> str:
-    """'2 solved, 1 resumed' from the reconstruct command's last line."""
+    """'2 solved, 1 resumed' from the reconstruct command's output."""
     import re
 
     m = re.search(r"(\d+) tiles solved, (\d+) resumed", line)
-    return f"{m[1]} solved, {m[2]} resumed" if m else line[:60]
+    return f"{m[1]} solved, {m[2]} resumed" if m else line[-60:]
 
 
 def main() -> None:
