@@ -64,6 +64,11 @@ def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, contr
         raise storage.StorageError(f"{out.path} is not complete; finish `ddiff reconstruct` (rerun it to resume) first")
     cfg = out.manifest["config"]
     stack = storage.open_input(out)  # refuses an input re-ingested since the reconstruction (one line)
+    if storage.is_frame_output(out):  # measurements of a global operator: whole-frame tests only
+        from .frames import audit_inputs
+
+        x, y, op, noise = audit_inputs(out, stack, t0, t1)
+        return audit(x, y, op, noise, alpha=alpha, window=window, control=control), x, y, op
     f = int(out.manifest["scale"])
     H, W = out.plan.frame_shape
     op = T.build_operator(cfg["operator"]["name"], cfg["operator"]["params"], (H * f, W * f))
@@ -165,6 +170,8 @@ def _audit(p: AuditParams) -> dict:
                      for b, r in enumerate(frame_rows(res))]
             logger.info("audited frames %d-%d: %d flagged", c0, c1 - 1, int(res.flagged.sum()))
     res, x, y = first
+    if y.is_complex():  # k-space is shown as its magnitude
+        y = y.abs()
     md_path = render_audit_report(res, report_dir, x_hat=x, y=y, max_samples=p.max_figures,
                                   title=f"Hallucination audit — {out.path.name}",
                                   sample_names=[f"frame {t}" for t in range(x.shape[0])])

@@ -30,7 +30,7 @@ def check_ingest(p) -> None:
     """Raise the error ``ingest_stack(p)`` would raise before writing (``p``: :class:`IngestParams`)."""
     from storage.ingest import check_ingest as check
 
-    check(p.source, p.store, axes=p.axes, overwrite=p.overwrite)
+    check(p.source, p.store, axes=p.axes, overwrite=p.overwrite, measurement=p.domain != "image")
 
 
 def check_device(device: str) -> None:
@@ -126,6 +126,10 @@ def check_reconstruct(p) -> Prepared:
     from .reconstruct import run_config
 
     check_device(p.execution.device)
+    if storage.measurement_of(p.input_store) is not None:  # sinograms, k-space, ...: whole frames
+        from .frames import check_frames
+
+        return check_frames(p)
     check_operator(p.operator.name, p.operator.params)
     stack = storage.open_stack(p.input_store)
     try:  # run_config also resolves the noise model (estimating what is left out) and checks it against the data

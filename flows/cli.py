@@ -138,14 +138,18 @@ def cmd_ingest(a) -> int:
     p = IngestParams(source=a.source, store=a.store, axes=a.axes, chunk=a.chunk, intensity=intensity,
                      nonfinite=a.nonfinite, saturation=sat, mask=a.mask, bad_pixels=a.bad_pixels,
                      overwrite=a.overwrite, pixel_size=pixel, z_step=a.z_step,
-                     time_step=a.time_step, space_unit=a.space_unit, time_unit=a.time_unit)
+                     time_step=a.time_step, space_unit=a.space_unit, time_unit=a.time_unit, domain=a.domain,
+                     angles=a.angles, sampling_mask=a.sampling_mask, image_size=a.image_size,
+                     oversample=a.oversample)
     check_ingest(p)  # before Prefect starts: a bad source or target is reported in a second
     from . import ingest_stack
 
     with command_server(), _spinner(f"ingesting {a.source}", not a.no_progress):
         info = ingest_stack(p)
     _console().print(f"[green]ingested[/green] {info['store']}  axes {info['axes']} {info['sizes']}  {info['dtype']}  "
-                     f"pixel {info['scale']} {info['units']} (from {info['geometry_source']})")
+                     f"pixel {info['scale']} {info['units']} (from {info['geometry_source']})"
+                     + (f"  ({a.domain}: solved as whole frames on the image grid the store records)"
+                        if a.domain != "image" else ""))
     if info["invalid"]["invalid"]:
         _console().print(f"invalid entries (masked out of the likelihood): {info['invalid']}")
     return 0
@@ -287,6 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mask", default=None, help="validity mask (.npy/.tif, non-zero = valid): (H,W), (T,H,W) or (T,C,H,W)")
     sp.add_argument("--bad-pixels", default=None, help="detector bad-pixel map (.npy/.tif, non-zero = bad): (H,W) or (C,H,W)")
     sp.add_argument("--overwrite", action="store_true")
+    m = sp.add_argument_group("measurement domains (solved as whole frames; see docs/modalities.md)")
+    m.add_argument("--domain", default="image", choices=["image", "sinogram", "kspace", "fourier_magnitude"],
+                   help="image (default, tiled); sinogram (frames = angle x detector); kspace (complex, DC "
+                        "centred, single coil); fourier_magnitude (phase retrieval). For measurements --intensity "
+                        "LOW,HIGH is the range of the IMAGE (default: estimated from the classical reconstruction)")
+    m.add_argument("--angles", default=None, help="sinogram: projection angles in degrees — START:STOP:STEP "
+                   "(e.g. 0:180:3), a count N (evenly over [0,180)), a comma list, or a .npy/.txt file")
+    m.add_argument("--sampling-mask", default=None, help="kspace: sampling mask .npy, (H,) rows or (H,W) "
+                   "(default: the rows that are not all zero)")
+    m.add_argument("--image-size", type=int, default=None, help="sinogram: side N of the N x N image "
+                   "(default: the detector count)")
+    m.add_argument("--oversample", type=float, default=2.0, help="fourier_magnitude: padding rule (default 2.0)")
     sp.set_defaults(fn=cmd_ingest)
 
     sp = sub.add_parser("reconstruct", help="reconstruct an ingested stack (tiled, batched, resumable)",

@@ -33,10 +33,16 @@ def ingest_stack(params: IngestParams, artifacts: bool = True) -> dict:
     intensity = tuple(p.intensity) if isinstance(p.intensity, (list, tuple)) else p.intensity
     pixel = None if p.pixel_size is None else (p.pixel_size[0] if len(p.pixel_size) == 1 else tuple(p.pixel_size))
     try:
-        st = storage.ingest(p.source, p.store, axes=p.axes, chunk=p.chunk, intensity=intensity,
-                            nonfinite=p.nonfinite, saturation=p.saturation, mask=p.mask, bad_pixels=p.bad_pixels,
-                            overwrite=p.overwrite, pixel_size=pixel, z_step=p.z_step,
-                            time_step=p.time_step, space_unit=p.space_unit, time_unit=p.time_unit)
+        if p.domain != "image":  # measurements of a global operator, solved per frame: see flows.measure
+            from .measure import ingest_measurements
+
+            st = ingest_measurements(p, pixel_size=pixel, z_step=p.z_step, time_step=p.time_step,
+                                     space_unit=p.space_unit, time_unit=p.time_unit)
+        else:
+            st = storage.ingest(p.source, p.store, axes=p.axes, chunk=p.chunk, intensity=intensity,
+                                nonfinite=p.nonfinite, saturation=p.saturation, mask=p.mask, bad_pixels=p.bad_pixels,
+                                overwrite=p.overwrite, pixel_size=pixel, z_step=p.z_step,
+                                time_step=p.time_step, space_unit=p.space_unit, time_unit=p.time_unit)
     except BaseException as exc:
         if artifacts:
             report_failure("ingest-stack", p.store, exc,
@@ -57,6 +63,8 @@ def ingest_stack(params: IngestParams, artifacts: bool = True) -> dict:
             f"# ingest\n\n- source: `{abspath(p.source)}`\n- store: `{abspath(st.path)}`\n- axes `{st.axes}` sizes {info['sizes']}, "
             f"dtype {st.dtype}; {st.n_frames} frames (t, z planes)\n- physical steps {st.scale} {st.units} "
             f"(from {info['geometry_source']})\n- intensity map: `{st.intensity.to_dict()}`\n- data sha256: `{info['data_sha256']}`\n"
-            f"- invalid entries (left out of every likelihood): {info['invalid']}\n",
+            f"- invalid entries (left out of every likelihood): {info['invalid']}\n"
+            + (f"- measurements: {p.domain} of `{st.meta['measurement']['operator']['name']}`, image grid "
+               f"{st.meta['measurement']['image_shape']}\n" if p.domain != "image" else ""),
             key=artifact_key("ingest", p.store), description="ingest summary")
     return info

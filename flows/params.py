@@ -199,6 +199,27 @@ class IngestParams(_Model):
     mask: Optional[str] = Field(None, description="validity mask file (.npy/.tif, non-zero = valid): (H,W), (T,H,W) or (T,C,H,W)")
     bad_pixels: Optional[str] = Field(None, description="detector bad-pixel map (.npy/.tif, non-zero = bad): (H,W) or (C,H,W)")
     overwrite: bool = False
+    domain: Literal["image", "sinogram", "kspace", "fourier_magnitude"] = Field(
+        "image", description="what the frames are: images (tiled), or measurements solved per frame "
+                             "(sinogram: angle × detector; kspace: complex, DC centred; fourier_magnitude)")
+    angles: Any = Field(None, description="sinogram: projection angles in degrees (list, count, 'start:stop:step', "
+                                          "comma list or a .npy/.txt file)")
+    sampling_mask: Optional[str] = Field(None, description="kspace: sampling mask .npy, (H,) rows or (H, W) "
+                                                           "(default: rows that are not all zero)")
+    image_size: Optional[int] = Field(None, ge=8, description="sinogram/fourier_magnitude: side N of the N×N image "
+                                                              "(default: detector count / from the padding)")
+    oversample: float = Field(2.0, ge=0, description="fourier_magnitude: the padding rule of phase_retrieval")
+
+    @model_validator(mode="after")
+    def _domain_options(self):
+        if self.domain != "sinogram" and self.angles is not None:
+            raise ValueError(f"angles apply to --domain sinogram, not {self.domain}")
+        if self.domain != "kspace" and self.sampling_mask is not None:
+            raise ValueError(f"sampling_mask applies to --domain kspace, not {self.domain}")
+        if self.domain != "image" and (self.mask or self.bad_pixels):
+            raise ValueError(f"validity masks (mask, bad_pixels) apply to images; {self.domain} measurements "
+                             "take nonfinite='mask' only")
+        return self
 
     @field_validator("mask", "bad_pixels")
     @classmethod

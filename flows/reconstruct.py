@@ -98,13 +98,21 @@ def run_config(p: ReconstructParams) -> tuple[dict, "T.Geometry", int, str]:
     geo = T.operator_geometry(op, (H, W), C, p.tile, overlap)
     noise, estimate = resolve_noise(p.noise, stack)
     _check_noise(noise, stack)
+    config = solver_config(p, p.operator.name, p.operator.params, prior_path, noise.model_dump(exclude_none=True))
+    if estimate is not None:  # deterministic (a fixed sample of the stack): a resumed run hashes the same
+        config["noise_estimate"] = estimate
+    return config, geo, C, prior_sha
+
+
+def solver_config(p: ReconstructParams, op_name: str, op_params: dict, prior_path: str, noise: dict) -> dict:
+    """The hashed run configuration shared by the tiled and the whole-frame (:mod:`flows.frames`) paths."""
     config = {
-        "operator": {"name": p.operator.name, "params": p.operator.params},
-        "noise": noise.model_dump(exclude_none=True),
+        "operator": {"name": op_name, "params": op_params},
+        "noise": noise,
         "prior": p.prior if p.prior in NAMED_WEIGHTS else Path(p.prior).name,
         "prior_path": prior_path,
         "solver": p.solver.name,
-        "hyperparameters": p.solver.resolve(p.operator.name),
+        "hyperparameters": p.solver.resolve(op_name),
         "seed": int(p.seed),
         "batch_size": int(p.execution.batch_size),
         "dtype": p.execution.dtype,
@@ -114,9 +122,7 @@ def run_config(p: ReconstructParams) -> tuple[dict, "T.Geometry", int, str]:
     }
     if p.solver.seeds > 1:  # only then: configurations of single-sample runs keep their hash
         config["seeds"] = int(p.solver.seeds)
-    if estimate is not None:  # deterministic (a fixed sample of the stack): a resumed run hashes the same
-        config["noise_estimate"] = estimate
-    return config, geo, C, prior_sha
+    return config
 
 
 def _check_noise(noise, stack: storage.Stack) -> None:
@@ -390,6 +396,10 @@ def _reconstruct(p: ReconstructParams, state: dict) -> dict:
 
     from .run_report import frame_fit_rows, publish_fit_table
 
+    if storage.measurement_of(p.input_store) is not None:  # sinograms, k-space, ...: whole frames
+        from .frames import reconstruct_frames
+
+        return reconstruct_frames(p, state)
     logger = get_run_logger()
     t0 = time.perf_counter()
     # before a byte is written: device, noise, operator keywords, prior (file, keys, channels), solver

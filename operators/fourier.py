@@ -115,13 +115,23 @@ class MRICartesian(ForwardModel):
     halo = None
 
     def __init__(self, acceleration: float = 4.0, center_fraction: float = 0.08, decay: float = 2.0, seed: int = 0,
-                 image_size=None, real_image: bool = True):
+                 image_size=None, real_image: bool = True, lines=None):
         super().__init__()
         self.acceleration, self.center_fraction, self.decay = float(acceleration), float(center_fraction), float(decay)
         self.seed, self.real_image = int(seed), bool(real_image)
         self.register_buffer("lines", None)
         self.image_shape: tuple[int, int] | None = None
-        if image_size is not None:
+        if lines is not None:
+            if image_size is None:
+                raise ValueError("mri_cartesian: lines= (the acquired rows) needs image_size=")
+            h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+            rows = np.unique(np.asarray(lines, dtype=np.int64).ravel())
+            if rows.size == 0 or rows.min() < 0 or rows.max() >= int(h):
+                raise ValueError(f"mri_cartesian: lines must be row indices in [0, {int(h)}), got {rows.size} "
+                                 f"values in [{rows.min() if rows.size else '-'}, {rows.max() if rows.size else '-'}]")
+            self.lines = torch.as_tensor(rows, dtype=torch.long)
+            self.image_shape = (int(h), int(w))
+        elif image_size is not None:
             h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
             self._draw(int(h), int(w))
         else:  # validate parameters now rather than at the first call

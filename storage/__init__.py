@@ -13,11 +13,14 @@ Public surface (see each module's docstring for its contract):
   (the input an output was made from, checked), :func:`output_action` (what create_output would do)
   — ``storage.output``; :func:`write_flag_label` (OME-NGFF label images) — ``storage.labels``;
   :func:`consolidate` — ``storage.pyramid``;
+* :func:`measurement_of`, :func:`create_frame_output`, :func:`write_frame_result` — ``storage.frames``
+  (measurement stores and whole-frame outputs of global operators);
 * :class:`RunLock`, :func:`safe_subpath`, :func:`file_sha256` and the errors — ``storage.safety``.
 
 Tasks pass descriptors (store paths, frame and tile indices, a JSON config), never arrays.
 """
 from .axes import Layout, Planes
+from .frames import create_frame_output, frame_spec, is_frame_output, measurement_of, read_extra, write_frame_result
 from .ingest import Stack, check_ingest, ingest, open_stack, verify_stack
 from .intensity import IntensityMap
 from .labels import LABELS, write_flag_label
@@ -33,6 +36,7 @@ __all__ = [
     "create_output", "open_output", "OutputStore", "Ledger", "TileInput", "read_tile", "write_tile_result",
     "assemble_tile", "assemble_frame", "finalize", "DIAG_SCALARS", "LABELS", "write_flag_label", "consolidate",
     "Layout", "Planes", "RunLock", "safe_subpath", "file_sha256",
+    "measurement_of", "read_extra", "create_frame_output", "frame_spec", "write_frame_result", "is_frame_output",
     "StorageError", "StoreExistsError", "ConfigMismatchError", "LockError", "NonFiniteError", "SourceError",
     "InputChangedError", "StorageWriteError", "open_input", "output_action", "reclaim_orphans",
 ]

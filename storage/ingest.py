@@ -104,7 +104,7 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
            pixel_size: float | tuple[float, float] | None = None,
            z_step: float | None = None, space_unit: str | None = None, time_step: float | None = None,
            time_unit: str | None = None, block_bytes: int = 64 << 20, checksum: bool = True,
-           overwrite: bool = False) -> "Stack":
+           overwrite: bool = False, measurement: dict | None = None, extra_arrays: dict | None = None) -> "Stack":
     """Stream ``source`` into the OME-Zarr store ``store`` and return it opened read-only.
 
     Parameters: ``source`` TIFF/BigTIFF/OME-TIFF/ImageJ, ``.npy``, folder of frames, or
@@ -121,6 +121,10 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
     the units override what the file says (default when neither: 1 micrometer, 1 second);
     ``block_bytes`` bounds what is held at once: whole frames are read while one fits, else each
     frame is streamed window by window (shard-aligned), so frames larger than memory ingest too.
+    ``measurement`` (see :mod:`storage.frames`): the stack holds measurements of an operator
+    (sinograms, k-space, ...), recorded as ``attributes["ddiff"]["measurement"]``; complex sources
+    are accepted then, and ``intensity`` is the map of the *image* to reconstruct. ``extra_arrays``:
+    small named arrays written next to ``"0"`` (e.g. a k-space sampling mask).
     """
     if nonfinite not in ("refuse", "mask"):
         raise ValueError(f"nonfinite={nonfinite!r}; use 'refuse' (default) or 'mask'")
@@ -138,8 +142,9 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
             layout = reader.layout
             N, C, H, W = layout.frames_shape
             dtype = reader.dtype
-            if dtype.kind not in "uif" or dtype.itemsize > 8:
-                raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only)")
+            if not (dtype.kind in "uif" and dtype.itemsize <= 8 or dtype.kind == "c" and measurement is not None):
+                raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only"
+                                   f"{'; complex data is accepted as measurements: --domain kspace' if dtype.kind == 'c' else ''})")
             cy, cx = min(chunk, H), min(chunk, W)
             shards = None
             if shard is not None:  # a whole number of chunks (may extend past the array edge)
@@ -192,6 +197,11 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                 "validity": rules.summary("valid" if w.valid is not None else None),
                 "seconds": round(time.perf_counter() - t_start, 3),
             }
+            if measurement is not None:
+                meta["measurement"] = dict(measurement)
+            for name, value in (extra_arrays or {}).items():
+                value = np.asarray(value)
+                root.create_array(name, shape=value.shape, dtype=value.dtype, chunks=value.shape, fill_value=0)[...] = value
             root.attrs.update({"ome": ome_image_attrs(Path(store).name, layout.axes, scale, units), "ddiff": meta})
     except OSError as exc:
         if exc.errno in _WRITE_ERRNOS:  # the target's disk: one line naming the store and the cause
@@ -215,7 +225,7 @@ class _Writer:
 
     def write(self, f0: int, block: np.ndarray, win: tuple[slice, slice]) -> None:
         n = block.shape[0]
-        if block.dtype.kind == "f":
+        if block.dtype.kind in "fc":
             fin = np.isfinite(block)
             if not fin.all():
                 bad = [f0 + int(i) for i in np.flatnonzero(~fin.reshape(n, -1).all(axis=1))]
@@ -232,7 +242,8 @@ class _Writer:
                                            dimension_names=tuple(self.layout.axes), fill_value=True)
                 self.valid = Planes(v, self.layout)
             self.valid[f0:f0 + n, :, win[0], win[1]] = ok
-        self.sampler.add(block if ok is None else np.where(ok, block, np.nan))  # percentiles of measurements only
+        mag = np.abs(block) if block.dtype.kind == "c" else block  # complex measurements: magnitudes
+        self.sampler.add(mag if ok is None else np.where(ok, mag, np.nan))  # percentiles of measurements only
         self.planes[f0:f0 + n, :, win[0], win[1]] = block
 
 
@@ -378,10 +389,12 @@ def verify_stack(store, block_bytes: int = 64 << 20) -> bool:
     return h.hexdigest() == st.meta["data_sha256"]
 
 
-def check_ingest(source, store, *, dataset: str | None = None, axes: str | None = None, overwrite: bool = False) -> None:
+def check_ingest(source, store, *, dataset: str | None = None, axes: str | None = None, overwrite: bool = False,
+                 measurement: bool = False) -> None:
     """Everything :func:`ingest` checks before it writes, without writing: the target (absent, empty,
     or an old ingest with ``overwrite``; its folder writable), the source (readable, its layout
-    and dtype supported — headers only, no pixels read). Raises the error ``ingest`` would raise."""
+    and dtype supported — headers only, no pixels read; ``measurement``: complex data is accepted).
+    Raises the error ``ingest`` would raise."""
     store = Path(store)
     _check_target(store, overwrite, INPUT_KIND)
     if not creatable(store):
@@ -389,7 +402,9 @@ def check_ingest(source, store, *, dataset: str | None = None, axes: str | None 
                            "created); choose a store path in a writable folder")
     reader = open_source(source, dataset=dataset, axes=axes)
     try:
-        if reader.dtype.kind not in "uif" or reader.dtype.itemsize > 8:
-            raise StorageError(f"{source}: dtype {reader.dtype} is not supported (integers or floats only)")
+        dtype = reader.dtype
+        if not (dtype.kind in "uif" and dtype.itemsize <= 8 or dtype.kind == "c" and measurement):
+            raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only"
+                               f"{'; complex data is accepted as measurements: --domain kspace' if dtype.kind == 'c' else ''})")
     finally:
         reader.close()

@@ -167,7 +167,8 @@ def open_output(path) -> OutputStore:
 
 
 def create_output(path, input_store, plan: TilePlan, config: Mapping, *, prior_sha256: str | None = None,
-                  scale: int = 1, overwrite: bool = False, replace_unused: bool = False) -> OutputStore:
+                  scale: int = 1, overwrite: bool = False, replace_unused: bool = False,
+                  frames: Mapping | None = None) -> OutputStore:
     """Create (or reopen, when the configuration matches) the output store of a run.
 
     ``config``: JSON-serialisable run configuration (solver/prior names and hyperparameters, ...);
@@ -178,12 +179,13 @@ def create_output(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
     ``replace_unused=True`` (the flows), for an output nothing was ever solved into and no live run
     holds (a failed or killed start): it holds no work, so it is replaced. Two runs creating the same new output at once: the one that loses the swap
     reopens the winner's store (resume when the configuration matches; the run lock then decides).
+    ``frames`` (:func:`storage.create_frame_output`): a whole-frame output of a measurement store.
     """
     path = Path(path)
     stack = input_store if isinstance(input_store, Stack) else open_stack(input_store)
     for attempt in range(2):
         action, manifest = output_action(path, stack, plan, config, prior_sha256=prior_sha256, scale=scale,
-                                         overwrite=overwrite, replace_unused=replace_unused)
+                                         overwrite=overwrite, replace_unused=replace_unused, frames=frames)
         if action == "resume":
             return open_output(path)
         if action == "replace":
@@ -203,14 +205,19 @@ def create_output(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _recon_meta(stack: Stack, plan: TilePlan, scale: int) -> dict:
-    """Axes, shape, pyramid levels and physical steps of the reconstruction (level 0)."""
+def _recon_meta(stack: Stack, plan: TilePlan, scale: int, image_shape: tuple[int, int] | None = None) -> dict:
+    """Axes, shape, pyramid levels and physical steps of the reconstruction (level 0). ``image_shape``:
+    a reconstruction grid of its own (whole frames of a measurement store; one chunk per frame)."""
     s = stack.sizes
-    layout = stack.layout.with_sizes(y=s["y"] * scale, x=s["x"] * scale)
-    cy, cx = plan.scaled(scale).chunks
-    phys = {a: (v / scale if a in "yx" else v) for a, v in stack.scale.items()}
+    if image_shape is not None:  # image pixel = one detector bin / field-of-view sample: the input's x step
+        (Ho, Wo), (cy, cx) = image_shape, image_shape
+        phys = {a: (stack.scale["x"] if a in "yx" else v) for a, v in stack.scale.items()}
+    else:
+        Ho, Wo, (cy, cx) = s["y"] * scale, s["x"] * scale, plan.scaled(scale).chunks
+        phys = {a: (v / scale if a in "yx" else v) for a, v in stack.scale.items()}
+    layout = stack.layout.with_sizes(y=Ho, x=Wo)
     return {"axes": layout.axes, "shape": list(layout.shape), "chunks": [cy, cx],
-            "levels": pyramid_levels(s["y"] * scale, s["x"] * scale, cy, cx), "scale": phys, "units": stack.units}
+            "levels": pyramid_levels(Ho, Wo, cy, cx), "scale": phys, "units": stack.units}
 
 
 def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest: dict) -> None:
@@ -226,17 +233,20 @@ def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest:
         root.create_array(str(level), shape=ll.shape, dtype=f32, chunks=ll.chunks(cy, cx),
                           compressors=_compressors("blosc-zstd", f32), dimension_names=tuple(ll.axes),
                           fill_value=float("nan"))
-    sy, sx = plan.scaled(scale).slot_shape
-    staging = root.create_group("staging")
-    staging.create_array("contrib", shape=(stack.n_frames, plan.n_tiles, C, sy, sx), dtype=f32,
-                         chunks=(1, 1, C, sy, sx), compressors=_compressors("blosc-zstd", f32),
-                         fill_value=float("nan"), dimension_names=("frame", "tile", "c", "y", "x"))
+    if "image_shape" not in manifest:  # whole frames are written directly, tiles are staged then blended
+        sy, sx = plan.scaled(scale).slot_shape
+        staging = root.create_group("staging")
+        staging.create_array("contrib", shape=(stack.n_frames, plan.n_tiles, C, sy, sx), dtype=f32,
+                             chunks=(1, 1, C, sy, sx), compressors=_compressors("blosc-zstd", f32),
+                             fill_value=float("nan"), dimension_names=("frame", "tile", "c", "y", "x"))
     cfg = manifest["config"]
     create_diagnostics(tmp, stack.layout, plan, stack.scale, stack.units, attrs={
         "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),
         "prior_sha256": manifest["prior_sha256"] or "", "config_hash": manifest["config_hash"],
-        "residual_units": "model space [-1,1] units of the measurement (y - A x), input grid, tile cores; "
-                          "NaN where the measurement is invalid (masked)"})
+        "residual_units": manifest.get("residual_units", "model space [-1,1] units of the measurement (y - A x), input "
+                                       "grid, tile cores; NaN where the measurement is invalid (masked)")})
+    if "residual_units" in manifest:
+        zarr.open_group(LocalStore(tmp), mode="r+")["diagnostics/residual"].attrs["units"] = manifest["residual_units"]
     consolidate(tmp)
 
 

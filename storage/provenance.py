@@ -79,9 +79,11 @@ def _unused(old) -> bool:
 
 
 def output_action(path, input_store, plan: TilePlan, config: Mapping, *, prior_sha256: str | None = None,
-                  scale: int = 1, overwrite: bool = False, replace_unused: bool = False) -> tuple[str, dict]:
+                  scale: int = 1, overwrite: bool = False, replace_unused: bool = False,
+                  frames: Mapping | None = None) -> tuple[str, dict]:
     """What :func:`create_output` would do at ``path`` — ``("create" | "resume" | "replace", manifest)`` —
-    or the error it would raise, without writing anything (pre-flight checks call this)."""
+    or the error it would raise, without writing anything (pre-flight checks call this). ``frames``:
+    ``{"image_shape", "measurement", "residual_units"}`` of a whole-frame output (:mod:`storage.frames`)."""
     from .output import OUTPUT_KIND, _recon_meta, open_output
 
     path = Path(path)
@@ -94,11 +96,18 @@ def output_action(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
     config = dict(config)
     identity = {"config": config, "prior_sha256": prior_sha256, "input_sha256": inp["data_sha256"],
                 "plan": plan.to_dict(), "scale": scale}
+    image_shape = None
+    if frames is not None:  # the reconstruction has a grid of its own (part of the identity)
+        image_shape = tuple(int(v) for v in frames["image_shape"])
+        identity.update(image_shape=list(image_shape), layout="frames")
     config_hash = canonical_hash(identity)
     manifest = {"kind": OUTPUT_KIND, "version": package_version(), "config_hash": config_hash, "config": config,
                 "prior_sha256": prior_sha256, "input": inp, "plan": plan.to_dict(), "scale": scale,
-                "recon": _recon_meta(stack, plan, scale),
+                "recon": _recon_meta(stack, plan, scale, image_shape),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if frames is not None:
+        manifest.update(layout="frames", image_shape=list(image_shape), measurement=dict(frames["measurement"]),
+                        residual_units=str(frames["residual_units"]))
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         if not creatable(path):
             raise StorageError(f"cannot create {path}: its folder {path.parent} is not writable (or cannot be "

@@ -20,7 +20,7 @@ def prefect_harness():
     Not autouse: only the tests that run flows pay for it."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):  # a loaded 2-core machine can take minutes
         yield
 
 
