@@ -28,11 +28,13 @@ import storage
 from ddiff.audit import audit
 
 from . import tiles as T
+from .bricks import is_volume_output
 from .audit_report import frame_rows, render_audit_report, summary_markdown
 from .checks import check_audit
 from .noise import noise_model
 from .params import AuditParams
 from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, report_failure, run_tags, tag_this_run
+from .volume_audit import audit_planes, audit_volumes, volumes_chunk
 
 __all__ = ["audit_reconstruction", "audit_frames", "frames_per_chunk", "CHUNK"]
 
@@ -44,7 +46,8 @@ def frames_per_chunk(out: storage.OutputStore) -> int:
     """Frames audited at once: at most :data:`CHUNK`, fewer when their float32 reconstructions pass
     :data:`CHUNK_BYTES` (the audit and the reconstruction's frame-fit table share this rule)."""
     _, C, Ho, Wo = out.recon().shape
-    return max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
+    n = max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
+    return volumes_chunk(out, n) if is_volume_output(out) else n  # volumes: whole z-stacks
 
 
 def _frames(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: int):
@@ -64,6 +67,8 @@ def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, contr
         raise storage.StorageError(f"{out.path} is not complete; finish `ddiff reconstruct` (rerun it to resume) first")
     cfg = out.manifest["config"]
     stack = storage.open_input(out)  # refuses an input re-ingested since the reconstruction (one line)
+    if is_volume_output(out):  # z-stacks: every plane against the 3-D re-measurement (flows.volume_audit)
+        return audit_planes(out, stack, t0, t1, alpha=alpha, window=window, control=control)
     if storage.is_frame_output(out):  # measurements of a global operator: whole-frame tests only
         from .frames import audit_inputs
 
@@ -169,6 +174,10 @@ def _audit(p: AuditParams) -> dict:
                       "tiles_flagged": int(tile_flags[c0 + b].sum()), "flagged": bool(res.flagged[b])}
                      for b, r in enumerate(frame_rows(res))]
             logger.info("audited frames %d-%d: %d flagged", c0, c1 - 1, int(res.flagged.sum()))
+        vol = audit_volumes(out, alpha=p.alpha, control=p.control) if is_volume_output(out) else None
+        if vol:  # per plane and per brick (audit_volume/), bricks flagged at α over each volume's bricks
+            storage.consolidate(out.path)
+            logger.info("volume audit: %d of %d bricks flagged", len(vol["bricks_flagged"]), vol["bricks"])
     res, x, y = first
     if y.is_complex():  # k-space is shown as its magnitude
         y = y.abs()
@@ -184,7 +193,8 @@ def _audit(p: AuditParams) -> dict:
                                                "flagged_frames": [t for t, b in enumerate(flags_frame) if b][:100],
                                                "report": abspath(md_path), "alpha": p.alpha})
     return {"report": str(md_path), "dataset": f"{out.path}/audit", "chi2_nu": chi, "p_value": pv,
-            "frames_flagged": [t for t, b in enumerate(flags_frame) if b], "tiles_flagged": flagged_tiles}
+            "frames_flagged": [t for t, b in enumerate(flags_frame) if b], "tiles_flagged": flagged_tiles,
+            **({"volume": vol} if vol else {})}
 
 
 def _publish(out, p: AuditParams, res, rows: list[dict], md_path: Path, report_dir: Path, n_flag: int,

@@ -426,8 +426,10 @@ def _reconstruct(p: ReconstructParams, state: dict) -> dict:
             state["progress"] = art
         stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": [], "threads": []}
         if already < total or p.fail_after_tiles is not None:
-            stage = solve_stage.with_options(task_runner=_task_runner(p))(p, lock.run_id,
-                                                                          None if art is None else str(art))
+            from .volumes import volume_stage  # z-stacks: bricks instead of tiles, the rest as here
+
+            stage = (volume_stage if "volume" in config else solve_stage).with_options(task_runner=_task_runner(p))(
+                p, lock.run_id, None if art is None else str(art))
         futs = [assemble_frame.submit(str(out.path), t, lock.run_id) for t in range(out.n_frames)]
         for f in futs:
             f.result()
