@@ -78,6 +78,9 @@ def resume_command(p) -> list[str]:
     ex = p.execution
     args += ["--tile", str(p.tile), "--overlap", str(p.overlap), "--seed", str(p.seed), "--batch-size",
              str(ex.batch_size), "--dtype", ex.dtype, "--device", ex.device]
+    for name in ("brick_z", "overlap_z"):  # volumes: the z plan is part of the configuration
+        if getattr(p, name) != type(p).model_fields[name].default:
+            args += ["--" + name.replace("_", "-"), str(getattr(p, name))]
     cmds = [shlex.join(args)]
     line = deployment_run_command()
     if line:
