@@ -164,7 +164,7 @@ def cmd_reconstruct(a) -> int:
 
     with command_server(), _LedgerProgress(p.output_store, "tiles solved", not a.no_progress):
         r = reconstruct_stack(p)
-    from .reconstruct import noise_text
+    from .run_report import noise_text
 
     _console().print(f"noise: {noise_text({'noise': r['noise'], 'noise_estimate': r.get('noise_estimate')})}")
     _console().print(f"[green]done[/green] {r['output']}: {r['solved']} tiles solved, {r['skipped']} resumed, "
