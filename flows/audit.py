@@ -123,7 +123,7 @@ def _audit(p: AuditParams) -> dict:
     import xarray as xr
     from zarr.storage import LocalStore
 
-    from .reconstruct import settings_text
+    from .run_report import settings_text
 
     logger = get_run_logger()
     check_audit(p.output_store)  # complete, and its input is still the one it was made from

@@ -60,8 +60,10 @@ def test_end_to_end_outputs_and_diagnostics(flows_env, straight):
 
     A = operators.get_operator(BLUR["name"], **BLUR["params"])
     y = flows_env["y_model"]
-    r_frame = (y - A(torch.from_numpy(2 * x - 1))).numpy()
+    # the stored residual is in the input's data units: the model-space residual / the intensity scale
+    r_frame = (y - A(torch.from_numpy(2 * x - 1))).numpy() / out.intensity.scale
     r_diag = ds["residual"].values
+    assert ds["residual"].attrs["units"].startswith("data units")
     m = out.plan.overlap + A.halo
     checked = 0
     for tile in out.plan:
@@ -253,11 +255,11 @@ def test_gpu_guard_is_strict_and_holds_one_slot(prefect_harness):
 def test_injected_failure_is_not_retried_but_real_errors_are(prefect_harness):
     from prefect import flow, task
 
-    from flows.reconstruct import _not_injected
+    from flows.batches import retryable
 
     calls = []
 
-    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=_not_injected, persist_result=False)
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retryable, persist_result=False)
     def fails(kind):
         calls.append(kind)
         raise (T.InjectedFailure if kind == "injected" else OSError)("boom")
