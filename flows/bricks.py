@@ -254,7 +254,8 @@ def solve_brick_batch(desc: dict) -> dict:
     with torch.no_grad():
         Ax = A(x)
     V_np, y_np, Ax_np, x = V.cpu().numpy(), y.cpu().numpy(), Ax.cpu().numpy(), x.cpu().numpy()
-    resid = np.where(V_np, y_np - Ax_np, np.float32(np.nan))
+    # the residual map in the data's units (ADU), as the tiled path's
+    resid = np.where(V_np, (y_np - Ax_np).astype(np.float64) / out.intensity.scale, np.nan).astype(np.float32)
     done = {(int(a), int(b)) for a, b in desc.get("done", [])}
     n_items = sum(len(b.frames) for b in reads)
     written, chis, fail_after = 0, [], desc.get("fail_after")
