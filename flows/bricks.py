@@ -148,7 +148,7 @@ def volume_config(p) -> tuple[dict, "T.Geometry", str]:
 def check_volume(p):
     """:func:`flows.checks.check_reconstruct` for a volume run: everything that can fail before the
     first brick, checked without writing; returns :class:`flows.checks.Prepared`."""
-    from .checks import Prepared, _prior_error, check_operator, check_solver
+    from .checks import Prepared, check_operator, checked_prior
 
     check_operator(p.operator.name, p.operator.params)
     try:
@@ -158,14 +158,7 @@ def check_volume(p):
     except TypeError as exc:
         raise ValueError(f"operator {p.operator.name!r} with operator.params {p.operator.params}: {exc}") from None
     stack = storage.open_stack(p.input_store)
-    try:
-        prior = T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise _prior_error(p.prior, exc) from None
-    if int(prior.channels) != stack.shape[1]:
-        raise ValueError(f"prior={p.prior!r} models {prior.channels}-channel images but the input {p.input_store} "
-                         f"has {stack.shape[1]} channel(s)")
-    check_solver(config, prior)
+    prior = checked_prior(p, config, stack.shape[1], f"the input {p.input_store} has")
     action, _ = storage.output_action(p.output_store, stack, geo.plan, config, prior_sha256=prior_sha, scale=1,
                                       overwrite=p.overwrite, replace_unused=True)
     return Prepared(config, geo, prior_sha, prior, action)

@@ -111,6 +111,22 @@ def check_solver(config: dict, prior) -> Any:
     return T.make_solver(config, prior)
 
 
+def checked_prior(p, config: dict, channels: int, what: str):
+    """The run's prior, loaded (cached per process) and checked: the checkpoint loads, it models
+    ``channels``-channel images, and the solver accepts ``config``'s settings. ``what`` ends the
+    channel message's subject (e.g. ``"the input in.zarr has"``)."""
+    from . import tiles as T
+
+    try:
+        prior = T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _prior_error(p.prior, exc) from None
+    if int(prior.channels) != int(channels):
+        raise ValueError(f"prior={p.prior!r} models {prior.channels}-channel images but {what} {channels} channel(s)")
+    check_solver(config, prior)
+    return prior
+
+
 @dataclass
 class Prepared:
     """What :func:`check_reconstruct` established (the flow reuses it): the run configuration, its
