@@ -15,6 +15,8 @@ Public surface (see each module's docstring for its contract):
   :func:`consolidate` — ``storage.pyramid``;
 * :func:`measurement_of`, :func:`create_frame_output`, :func:`write_frame_result` — ``storage.frames``
   (measurement stores and whole-frame outputs of global operators);
+* :class:`~storage.bricks.ZPlan`, :func:`~storage.bricks.read_brick` — ``storage.bricks`` (z-stacks
+  solved as bricks: a tile × a chunk of planes with its axial context);
 * :class:`RunLock`, :func:`safe_subpath`, :func:`file_sha256` and the errors — ``storage.safety``.
 
 Tasks pass descriptors (store paths, frame and tile indices, a JSON config), never arrays.
