@@ -71,9 +71,22 @@ else:
                           operator={"name": "gaussian_blur", "params": {"std": 1.0}}, noise={"sigma": 0.05},
                           solver={"name": "ddiff", "steps": cfg["steps"]}, tile=cfg["tile"], overlap=16,
                           execution={"batch_size": cfg["batch"], "max_workers": 1, "torch_threads": cfg["threads"]},
-                          artifacts=False)
-    r = flows.reconstruct_stack(p)
-    out.update({k: r[k] for k in ("n_tiles", "solved", "wall_seconds", "solver_seconds", "nfe")})
+                          artifacts=False, fail_after_tiles=cfg["max_tiles"])
+    if cfg["max_tiles"] is None:
+        r = flows.reconstruct_stack(p)
+        out.update({k: r[k] for k in ("n_tiles", "solved", "wall_seconds", "solver_seconds", "nfe")})
+    else:  # a cut run: the first max_tiles tiles are solved and staged, then the flow stops on purpose
+        import numpy as np
+        import storage
+        from flows.tiles import InjectedFailure
+        try:
+            flows.reconstruct_stack(p)
+        except InjectedFailure:
+            pass
+        o = storage.open_output(work + "/recon.zarr")
+        sec = o.open_diagnostics()["seconds"].values
+        out.update({"n_tiles": o.plan.n_tiles, "solved": o.ledger.count("solved"),
+                    "wall_seconds": time.perf_counter() - t0, "solver_seconds": float(np.nansum(sec)), "nfe": -1})
 out["seconds"] = time.perf_counter() - t0
 out["peak_rss_mb"] = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 print("RESULT " + json.dumps(out))
@@ -118,16 +131,26 @@ def main(argv=None) -> int:
     ap.add_argument("--ingest-only", action="store_true", help="stop after the ingest step")
     ap.add_argument("--storage-only", action="store_true",
                     help="after ingest, run the storage path with an identity solve instead of the flow")
+    ap.add_argument("--max-tiles", type=int, default=None,
+                    help="solve only the first N tiles, then stop (a deliberate cut: peak RSS against frame size "
+                         "without solving every tile); no blending or pyramid")
+    ap.add_argument("--reuse-input", action="store_true",
+                    help="reuse DIR/in.zarr from an earlier --keep run (skip writing the source and ingest)")
     a = ap.parse_args(argv)
     work = Path(a.dir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    cfg = {"tile": a.tile, "steps": a.steps, "threads": a.threads, "batch": a.batch}
-    t0 = time.perf_counter()
-    make_source(work / "src.npy", a.size)
-    print(f"source {a.size}x{a.size} uint16 ({a.size * a.size * 2 / 2**20:.0f} MiB; float32 frame "
-          f"{a.size * a.size * 4 / 2**20:.0f} MiB) written in {time.perf_counter() - t0:.1f}s", flush=True)
-    ing = run_step("ingest", work, cfg)
+    cfg = {"tile": a.tile, "steps": a.steps, "threads": a.threads, "batch": a.batch, "max_tiles": a.max_tiles}
+    if a.reuse_input and (work / "in.zarr" / "zarr.json").is_file():
+        shutil.rmtree(work / "recon.zarr", ignore_errors=True)
+        ing = {"seconds": float("nan"), "peak_rss_mb": 0.0}
+        print(f"input store reused: {work / 'in.zarr'} (ingest not rerun)", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        t0 = time.perf_counter()
+        make_source(work / "src.npy", a.size)
+        print(f"source {a.size}x{a.size} uint16 ({a.size * a.size * 2 / 2**20:.0f} MiB; float32 frame "
+              f"{a.size * a.size * 4 / 2**20:.0f} MiB) written in {time.perf_counter() - t0:.1f}s", flush=True)
+        ing = run_step("ingest", work, cfg)
     print(f"ingest       {ing['seconds']:8.1f} s   peak RSS {ing['peak_rss_mb']:7.0f} MB", flush=True)
     if a.ingest_only:
         shutil.rmtree(work, ignore_errors=True)
@@ -149,8 +172,12 @@ def main(argv=None) -> int:
     import storage
 
     out = storage.open_output(work / "recon.zarr")
-    corner = out.recon(out.levels - 1)[0]
-    print(f"output: {out.levels} pyramid levels, coarsest {corner.shape[1:]} finite: {bool(np.isfinite(corner).all())}")
+    if a.max_tiles is None:
+        corner = out.recon(out.levels - 1)[0]
+        print(f"output: {out.levels} pyramid levels, coarsest {corner.shape[1:]} finite: {bool(np.isfinite(corner).all())}")
+    else:
+        print(f"cut run: {rec['solved']} of {rec['n_tiles']} tiles solved and staged (wall includes the flow's start: "
+              "server, prior load)")
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
     peak = max(ing["peak_rss_mb"], rec["peak_rss_mb"])

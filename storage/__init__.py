@@ -11,7 +11,7 @@ Public surface (see each module's docstring for its contract):
 * :func:`create_output`, :func:`open_output`, :func:`read_tile`, :func:`write_tile_result`,
   :func:`assemble_tile`, :func:`assemble_frame`, :func:`finalize`, :class:`Ledger`, :func:`open_input`
   (the input an output was made from, checked), :func:`output_action` (what create_output would do)
-  — ``storage.output``; :func:`write_flag_label` (OME-NGFF label images) — ``storage.labels``;
+  — ``storage.output`` and ``storage.tile_io``; :func:`write_flag_label` (OME-NGFF label images) — ``storage.labels``;
   :func:`consolidate` — ``storage.pyramid``;
 * :func:`measurement_of`, :func:`create_frame_output`, :func:`write_frame_result` — ``storage.frames``
   (measurement stores and whole-frame outputs of global operators);
@@ -24,8 +24,8 @@ from .frames import create_frame_output, frame_spec, is_frame_output, measuremen
 from .ingest import Stack, check_ingest, ingest, open_stack, verify_stack
 from .intensity import IntensityMap
 from .labels import LABELS, write_flag_label
-from .output import (DIAG_SCALARS, Ledger, OutputStore, TileInput, assemble_frame, assemble_tile, create_output,
-                     finalize, open_input, open_output, output_action, read_tile, write_tile_result)
+from .output import DIAG_SCALARS, Ledger, OutputStore, create_output, open_input, open_output, output_action
+from .tile_io import TileInput, assemble_frame, assemble_tile, finalize, read_tile, write_tile_result
 from .pyramid import consolidate
 from .safety import (ConfigMismatchError, InputChangedError, LockError, NonFiniteError, RunLock, SourceError,
                      StorageError, StorageWriteError, StoreExistsError, file_sha256, reclaim_orphans, safe_subpath)
