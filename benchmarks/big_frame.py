@@ -109,7 +109,9 @@ def make_source(path: Path, n: int, band: int = 512) -> None:
 def run_step(step: str, work: Path, cfg: dict) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), step, str(work), json.dumps(cfg)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          capture_output=True, text=True,
+                          env={"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",  # a loaded shared machine
+                               **os.environ, "PYTHONPATH": str(ROOT)})
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])

@@ -31,6 +31,9 @@ ome-zarr-py, napari-ome-zarr and bioio::
     staging/contrib (N, n_tiles, C, sy·f, sx·f) float32 model space: one chunk per (frame, tile) holding
                   that tile's unweighted blend-window solution (NaN-padded). Pass 1 writes here.
     diagnostics/  xarray Dataset with physical coordinates (:mod:`storage.diagnostics`).
+    uncertainty/  (runs with ``seeds ≥ 2``) seed spread, its re-measurement and the prior-filled map
+                  per pixel: xarray Dataset + OME-NGFF image (:mod:`storage.uncertainty`);
+                  ``staging/uncertainty`` holds each tile's maps for pass 2.
     _ledger/      solved/t<frame>/k<tile>.json, assembled/..., pyramid/t<frame>/k000000.json,
                   COMPLETE.json — plain files written atomically (temp + rename) *after* the data
                   they certify.
@@ -71,6 +74,7 @@ from .provenance import open_input, output_action
 from .pyramid import consolidate, level_layout, pyramid_levels
 from .safety import RunLock, StorageError, TargetAppearedError, atomic_directory, write_error
 from .tiling import TilePlan
+from .uncertainty import create_uncertainty, keeps_seeds
 
 __all__ = ["OUTPUT_KIND", "DIAG_SCALARS", "OutputStore", "Ledger", "create_output", "open_output", "output_action",
            "open_input"]
@@ -240,6 +244,9 @@ def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest:
         staging.create_array("contrib", shape=(stack.n_frames, plan.n_tiles, C, sy, sx), dtype=f32,
                              chunks=(1, 1, C, sy, sx), compressors=_compressors("blosc-zstd", f32),
                              fill_value=float("nan"), dimension_names=("frame", "tile", "c", "y", "x"))
+        if keeps_seeds(manifest):  # --seeds K: the seed spread is staged and blended like the image
+            create_uncertainty(tmp, layout, (cy, cx), r["scale"], r["units"], plan.n_tiles, (sy, sx),
+                               _compressors("blosc-zstd", f32))
     cfg = manifest["config"]
     create_diagnostics(tmp, stack.layout, plan, stack.scale, stack.units, attrs={
         "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),

@@ -24,6 +24,7 @@ from .provenance import open_input
 from .pyramid import build_pyramid
 from .safety import StorageError, atomic_write_json, require_lock, write_error
 from .tiling import Tile, TilePlan
+from .uncertainty import UNC_MAPS, keeps_seeds, write_uncertainty_core
 
 __all__ = ["TileInput", "read_tile", "write_tile_result", "assemble_tile", "assemble_frame", "finalize"]
 
@@ -83,12 +84,16 @@ def _crop_to_blend(arr: np.ndarray, t: Tile, f: int, C: int, what: str) -> np.nd
 
 
 def write_tile_result(out, frame: int, tile: int, recon: np.ndarray, diagnostics: Mapping | None = None,
-                      residual: np.ndarray | None = None, *, run_id: str | None = None) -> None:
+                      residual: np.ndarray | None = None, *, run_id: str | None = None,
+                      uncertainty: np.ndarray | None = None) -> None:
     """Pass 1 for one (frame, tile): stage the solution, write its diagnostics, then mark it solved.
 
     ``recon``: model space, ``(C, bh·f, bw·f)`` (blend window) or ``(C, rh·f, rw·f)`` (read window,
     cropped here); must be finite. ``diagnostics``: any of :data:`DIAG_SCALARS`. ``residual``:
     ``y − A x`` on the input grid, blend- or read-window shaped; its core is stored.
+    ``uncertainty``: ``(3, ·, ·)`` on the output grid, blend- or read-window shaped — the tile's
+    seed spread (model units), measured spread (noise sd) and prior-filled map (0/1) in the order
+    of :data:`storage.uncertainty.UNC_MAPS`; required exactly when the output keeps seeds.
     """
     out = _as_output(out)
     require_lock(out.path, run_id)
@@ -103,6 +108,12 @@ def write_tile_result(out, frame: int, tile: int, recon: np.ndarray, diagnostics
     unknown = set(diagnostics or {}) - set(DIAG_SCALARS)
     if unknown:
         raise ValueError(f"unknown diagnostics {sorted(unknown)}; allowed: {sorted(DIAG_SCALARS)}")
+    keeps = keeps_seeds(out.manifest)
+    if keeps != (uncertainty is not None):
+        raise StorageError(f"frame {frame} tile {k}: " + (
+            f"this output keeps the seed spread (seeds={out.manifest['config'].get('seeds')}); pass uncertainty="
+            if keeps else "uncertainty given, but this output was made without seeds >= 2"))
+    u = None if uncertainty is None else _crop_to_blend(uncertainty, t, f, len(UNC_MAPS), "uncertainty")
     try:
         g = out.group("w")
         # (1) staging slot: one whole chunk, NaN-padded, so a rerun rewrites identical bytes
@@ -110,6 +121,10 @@ def write_tile_result(out, frame: int, tile: int, recon: np.ndarray, diagnostics
         slot = np.full((C, sy, sx), np.nan, np.float32)
         slot[:, : x.shape[1], : x.shape[2]] = x
         g["staging/contrib"][frame, k] = slot
+        if u is not None:
+            slot = np.full((len(UNC_MAPS), sy, sx), np.nan, np.float32)
+            slot[:, : u.shape[1], : u.shape[2]] = u
+            g["staging/uncertainty"][frame, k] = slot
         _fault("after_staging")
         # (2) per-pixel residual on the core (input grid; the core is exactly one chunk)
         if residual is not None:
@@ -141,21 +156,31 @@ def assemble_tile(out, frame: int, tile: int, *, run_id: str | None = None) -> N
                            "assemble after all of them are written")
     try:
         g = out.group("w")
-        contrib = g["staging/contrib"]
         to = op.tile_of(t.index)
         y0, y1, x0, x1 = to.core
-        acc = np.zeros((C, y1 - y0, x1 - x0), np.float64)
-        for s in op.contributors(to):
-            by0, by1, bx0, bx1 = s.blend
-            iy0, iy1, ix0, ix1 = max(y0, by0), min(y1, by1), max(x0, bx0), min(x1, bx1)
-            w = op.weights(s)[iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0]
-            xs = contrib[frame, s.index, :, iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0].astype(np.float64)
-            acc[:, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] += w * xs
+        acc = _blend(g["staging/contrib"], op, to, frame, C)
         Planes(g["0"], out.layout)[frame, :, y0:y1, x0:x1] = out.intensity.from_model(acc)
+        if keeps_seeds(out.manifest):  # the seed-spread maps, with the image's weights
+            maps = _blend(g["staging/uncertainty"], op, to, frame, len(UNC_MAPS))
+            write_uncertainty_core(g, out.layout, frame, slice(y0, y1), slice(x0, x1), maps, out.intensity.scale)
         _fault("before_assembled_mark")
         out.ledger.mark_done(frame, t.index, "assembled", run_id=run_id)
     except OSError as exc:
         raise write_error(f"the assembled frame {frame} (core {t.index})", out.path, exc) from exc
+
+
+def _blend(staged, op: TilePlan, to: Tile, frame: int, n: int) -> np.ndarray:
+    """The weighted sum over the tiles contributing to core ``to`` of their staged ``(n, ·, ·)``
+    blend windows (weights of ``op``, a partition of unity): ``(n, h, w)`` float64."""
+    y0, y1, x0, x1 = to.core
+    acc = np.zeros((n, y1 - y0, x1 - x0), np.float64)
+    for s in op.contributors(to):
+        by0, by1, bx0, bx1 = s.blend
+        iy0, iy1, ix0, ix1 = max(y0, by0), min(y1, by1), max(x0, bx0), min(x1, bx1)
+        w = op.weights(s)[iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0]
+        xs = staged[frame, s.index, :, iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0].astype(np.float64)
+        acc[:, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] += w * xs
+    return acc
 
 
 def assemble_frame(out, frame: int, *, run_id: str | None = None) -> int:
