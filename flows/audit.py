@@ -110,7 +110,7 @@ def audit_reconstruction(params: AuditParams) -> dict:
 
 
 def _audit(p: AuditParams) -> dict:
-    from .reconstruct import settings_text
+    from .run_report import settings_text
 
     logger = get_run_logger()
     check_audit(p.output_store)  # complete, and its input is still the one it was made from

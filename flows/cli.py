@@ -23,6 +23,7 @@ from pathlib import Path
 
 # the helpers the demo shares live in flows.console (no import cycle cli <-> demo); these names stay
 # importable from flows.cli as before
+from .cli_options import _add_reconstruct_options, _noise_options, _reconstruct_params  # noqa: F401
 from .console import (_BenchProgress, _console, _kv, _LedgerProgress, _PollProgress,  # noqa: F401
                       _solver_options, _spinner, cli_spelling)
 
@@ -46,79 +47,6 @@ def _quiet_prefect(verbose: bool) -> None:
     Prefect UI. Flow-failure tracebacks are therefore not printed (the CLI prints one line)."""
     if not verbose and "prefect" not in sys.modules:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-
-
-# ---------------------------------------------------------------------------------------------
-# parameter builders (shared by commands and the demo)
-# ---------------------------------------------------------------------------------------------
-def _reconstruct_params(a) -> "flows.ReconstructParams":  # noqa: F821
-    from .params import ReconstructParams
-
-    execution = {"device": a.device, "dtype": a.dtype, "batch_size": a.batch_size, "max_workers": a.workers,
-                 "torch_threads": a.threads, "dask_address": a.dask_address, "dask_workers": a.dask_workers,
-                 "gpu_limit": a.gpu_limit}
-    solver = _solver_options(a)
-    return ReconstructParams(
-        input_store=a.input, output_store=a.output,
-        operator={"name": a.operator, "params": _kv(a.op_param, "--op-param")},
-        noise=_noise_options(a), prior=a.prior, solver=solver,
-        tile=a.tile, overlap=a.overlap, seed=a.seed, execution=execution, overwrite=a.overwrite)
-
-
-def _noise_options(a) -> dict:
-    """``--noise`` and the parameters given (the ones left out are estimated from the data)."""
-    kind = a.noise
-    if kind == "auto" and a.sigma is not None:
-        kind = "gaussian"  # --sigma alone: Gaussian noise of that σ
-    given = {"sigma": a.sigma, "gain": a.gain, "offset": a.offset, "read_noise": a.read_noise}
-    return {"kind": kind, **{k: v for k, v in given.items() if v is not None}}
-
-
-def _add_reconstruct_options(sp, demo: bool = False) -> None:
-    g = sp.add_argument_group("model")
-    if not demo:
-        g.add_argument("--operator", default="gaussian_blur", help="forward model name (default: gaussian_blur)")
-        g.add_argument("--op-param", action="append", metavar="K=V", help="operator keyword, repeatable (e.g. std=3.0)")
-        g.add_argument("--noise", default="auto", choices=["auto", "gaussian", "poisson", "poisson_gaussian"],
-                       help="noise model, parameters in the DATA's units (ADU = the stored pixel values): auto "
-                            "(default: estimated from the stack — a camera if its variance grows with the signal, else "
-                            "Gaussian), gaussian (--sigma), poisson (--gain, --offset), poisson_gaussian = a camera "
-                            "(--gain, --offset, --read-noise). Parameters left out are estimated from the data")
-        g.add_argument("--sigma", type=float, default=None, help="Gaussian noise σ in ADU (data units, not model space)")
-        g.add_argument("--gain", type=float, default=None, help="camera conversion gain, e⁻ per ADU")
-        g.add_argument("--offset", type=float, default=None, help="camera black level (bias), ADU")
-        g.add_argument("--read-noise", type=float, default=None, help="camera read noise, e⁻ RMS")
-    g.add_argument("--prior", default="default", help="'default' or a .safetensors/.pt checkpoint")
-    g.add_argument("--solver", default="ddiff", choices=["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps",
-                                                          "diffpir", "daps"],
-                   help="ddiff (default); its ablations ddiff_hqs (no dual variable), diffpnp_admm / diffpnp_hqs "
-                        "(no noising step) — each with the settings --hp chooses (auto, or the paper's a/b step-down "
-                        "with --hp paper; the benchmark's reference constant step is only a --set override there); "
-                        "baselines dps, diffpir, daps at their reference settings")
-    g.add_argument("--steps", type=int, default=None,
-                   help="diffusion steps = network calls per tile (default: 100; with --hp paper the paper's 1000)")
-    g.add_argument("--hp", action="append", metavar="K=V",
-                   help="solver settings: 'auto' (default: DDiff chooses its data step from the measurements, "
-                        "χ²_ν = 1), 'paper' (the paper's per-task values), or a key=value override; repeatable")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--seeds", type=int, default=1, metavar="K",
-                   help="solve each tile K times (K >= 2): the estimate is their mean, and the seed spread and "
-                        "prior-filled maps are kept (recon.zarr/uncertainty, labels/prior_filled after the audit)")
-    t = sp.add_argument_group("tiling and execution")
-    t.add_argument("--tile", type=int, default=256 if not demo else 128,
-                   help="tile core size (pixels)" + ("; demo default = the whole 128px frame, try 64 to see "
-                                                      "tiling (about 1.6x the work)" if demo else ""))
-    t.add_argument("--overlap", type=int, default=16 if not demo else 8, help="blend overlap per side (pixels)")
-    t.add_argument("--batch-size", type=int, default=4, help="tiles per network call")
-    t.add_argument("--workers", type=int, default=1, help="concurrent batch tasks (thread pool size)")
-    t.add_argument("--threads", type=int, default=None, help="torch threads per task")
-    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    t.add_argument("--dask-address", default=None, help="run tasks on this Dask scheduler (tcp://host:port)")
-    t.add_argument("--dask-workers", type=int, default=0, help="start a local Dask cluster with N workers")
-    t.add_argument("--gpu-limit", default="gpu", help="Prefect global concurrency limit guarding CUDA (default: gpu)")
-    if not demo:
-        t.add_argument("--overwrite", action="store_true", help="replace an output written with another config")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +95,7 @@ def cmd_reconstruct(a) -> int:
 
     with command_server(), _LedgerProgress(p.output_store, "tiles solved", not a.no_progress):
         r = reconstruct_stack(p)
-    from .reconstruct import noise_text
+    from .run_report import noise_text
 
     _console().print(f"noise: {noise_text({'noise': r['noise'], 'noise_estimate': r.get('noise_estimate')})}")
     _console().print(f"[green]done[/green] {r['output']}: {r['solved']} tiles solved, {r['skipped']} resumed, "

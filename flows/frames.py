@@ -21,15 +21,13 @@ from __future__ import annotations
 import inspect
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 
 import operators
 import storage
@@ -38,7 +36,9 @@ from ddiff.metrics import chi2_reduced
 from . import tiles as T
 from .measure import MeasurementMap, measurement_operator
 from .params import ReconstructParams
-from .reconstruct import _batch_run_name, _not_injected, _task_runner, frame_table, solver_config, summary_markdown
+from .batches import Tally, batch_run_name, cut_for_testing, in_flight, retryable, run_batches, task_runner
+from .reconstruct import solver_config
+from .run_report import frame_table, summary_markdown
 from .ui import abspath, artifact_key, batch_label, flow_run_namer
 
 __all__ = ["FrameOperator", "frame_batches", "solve_frame_batch", "reconstruct_frames", "frame_chi2_flags",
@@ -143,7 +143,7 @@ def frame_config(p: ReconstructParams, stack: storage.Stack, meas: dict) -> tupl
 
 
 @task(name="solve-frame-batch", persist_result=False, cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1,
-      retry_condition_fn=_not_injected, task_run_name=_batch_run_name)
+      retry_condition_fn=retryable, task_run_name=batch_run_name)
 def solve_frames_task(desc: dict) -> dict:
     """One batch of whole frames; see :func:`solve_frame_batch`."""
     return solve_frame_batch(desc)
@@ -167,35 +167,9 @@ def solve_frames_stage(params: ReconstructParams, run_id: str, artifact_id: str 
                           "device": p.execution.device, "dtype": p.execution.dtype,
                           "torch_threads": p.execution.torch_threads, "gpu_limit": p.execution.gpu_limit})
     if p.fail_after_tiles is not None:  # testing hook: stop after the k-th new frame
-        left, cut = int(p.fail_after_tiles), []
-        if left == 0:
-            raise T.InjectedFailure("fail_after_tiles=0: interrupted before any frame")
-        for d in descs:
-            n_new = len(d["frames"]) - len(d["done"])
-            cut.append({**d, "fail_after": left} if n_new >= left else d)
-            if n_new >= left:
-                break
-            left -= n_new
-        descs = cut
-    task_ = solve_frames_task.with_options(retries=p.execution.retries)
-    futures = [task_.submit(d) for d in descs]
-    solved, solver_s, nfe, errors, pids = already, 0.0, 0, [], set()
-    for fut in as_completed(futures):
-        try:
-            r = fut.result()
-        except Exception as exc:  # noqa: BLE001 - the others' work is kept; raise after
-            errors.append(exc)
-            continue
-        solved += r["written"]
-        solver_s += r["seconds"]
-        nfe += r["nfe"] * r["tiles"]
-        pids.add(r["pid"])
-        if artifact_id is not None:
-            update_progress_artifact(artifact_id, progress=100.0 * solved / max(total, 1))
-        logger.info("frames %d/%d solved (batch of %d, %.2fs)", solved, total, r["tiles"], r["seconds"])
-    if errors:
-        raise errors[0]
-    return {"solved": solved - already, "solver_seconds": solver_s, "nfe": nfe, "pids": sorted(pids)}
+        descs = cut_for_testing(descs, p.fail_after_tiles, lambda d: len(d["frames"]) - len(d["done"]))
+    return run_batches(solve_frames_task.with_options(retries=p.execution.retries), descs,
+                       window=in_flight(p.execution), tally=Tally(already, total, "frames", artifact_id), logger=logger)
 
 
 def frame_dof(out: storage.OutputStore) -> int:
@@ -267,7 +241,7 @@ def reconstruct_frames(p: ReconstructParams, state: dict) -> dict:
             state["progress"] = art
         stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": []}
         if already < total or p.fail_after_tiles is not None:
-            stage = solve_frames_stage.with_options(task_runner=_task_runner(p))(p, lock.run_id,
+            stage = solve_frames_stage.with_options(task_runner=task_runner(p.execution))(p, lock.run_id,
                                                                                  None if art is None else str(art))
         storage.finalize(out, run_id=lock.run_id)
     finally:

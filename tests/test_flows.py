@@ -254,11 +254,11 @@ def test_gpu_guard_is_strict_and_holds_one_slot(prefect_harness):
 def test_injected_failure_is_not_retried_but_real_errors_are(prefect_harness):
     from prefect import flow, task
 
-    from flows.reconstruct import _not_injected
+    from flows.batches import retryable
 
     calls = []
 
-    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=_not_injected, persist_result=False)
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retryable, persist_result=False)
     def fails(kind):
         calls.append(kind)
         raise (T.InjectedFailure if kind == "injected" else OSError)("boom")
