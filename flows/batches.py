@@ -16,16 +16,16 @@ import tempfile
 from dataclasses import dataclass, field
 
 from prefect import tags
-from prefect.artifacts import update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import storage
 
 from .tiles import InjectedFailure
-from .ui import batch_label
+from .ui import abspath, artifact_key, batch_label
 
-__all__ = ["retryable", "batch_run_name", "task_runner", "in_flight", "cut_for_testing", "Tally", "run_batches"]
+__all__ = ["retryable", "batch_run_name", "task_runner", "in_flight", "cut_for_testing", "Tally", "run_batches", "run_stage"]
 
 
 def retryable(task, task_run, state) -> bool:
@@ -171,3 +171,19 @@ def run_batches(task, descs: list[dict], *, window: int, tally: Tally, logger, t
     if errors:
         raise errors[0]
     return tally.result()
+
+
+def run_stage(stage_flow, p, out, run_id: str, already: int, total: int, unit: str, state: dict) -> dict:
+    """Publish the run's progress artifact (``state["progress"]``: its id, for the failure summary) and
+    run ``stage_flow(p, run_id, artifact_id)`` — the sub-flow that submits the pending batches
+    (:func:`run_batches`) — on the execution's task runner; nothing to do when every item is done.
+    Returns the stage's :meth:`Tally.result`."""
+    art = None
+    if p.artifacts:
+        art = create_progress_artifact(progress=100.0 * already / max(total, 1),
+                                       key=artifact_key("reconstruct-progress", p.output_store),
+                                       description=f"{unit} solved in {abspath(out.path)}")
+        state["progress"] = art
+    if already >= total and p.fail_after_tiles is None:
+        return Tally(already, total, unit).result()
+    return stage_flow.with_options(task_runner=task_runner(p.execution))(p, run_id, None if art is None else str(art))

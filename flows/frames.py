@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 import operators
@@ -36,7 +36,7 @@ from ddiff.metrics import chi2_reduced
 from . import tiles as T
 from .measure import MeasurementMap, measurement_operator
 from .params import ReconstructParams
-from .batches import Tally, batch_run_name, cut_for_testing, in_flight, retryable, run_batches, task_runner
+from .batches import Tally, batch_run_name, cut_for_testing, in_flight, retryable, run_batches, run_stage
 from .reconstruct import solver_config
 from .run_report import frame_table, summary_markdown
 from .ui import abspath, artifact_key, batch_label, flow_run_namer
@@ -233,16 +233,7 @@ def reconstruct_frames(p: ReconstructParams, state: dict) -> dict:
         total, already = out.n_frames, out.ledger.count("solved")
         logger.info("%s: %d frames of %s measurements (image %s), %d already solved", out.path, total,
                     meas["domain"], meas["image_shape"], already)
-        art = None
-        if p.artifacts:
-            art = create_progress_artifact(progress=100.0 * already / max(total, 1),
-                                           key=artifact_key("reconstruct-progress", p.output_store),
-                                           description=f"frames solved in {abspath(out.path)}")
-            state["progress"] = art
-        stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": []}
-        if already < total or p.fail_after_tiles is not None:
-            stage = solve_frames_stage.with_options(task_runner=task_runner(p.execution))(p, lock.run_id,
-                                                                                 None if art is None else str(art))
+        stage = run_stage(solve_frames_stage, p, out, lock.run_id, already, total, "frames", state)
         storage.finalize(out, run_id=lock.run_id)
     finally:
         lock.release()

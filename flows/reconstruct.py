@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -32,7 +32,7 @@ import storage
 from ddiff.priors.loading import NAMED_WEIGHTS
 
 from . import tiles as T
-from .batches import Tally, batch_run_name, cut_for_testing, in_flight, retryable, run_batches, task_runner
+from .batches import Tally, batch_run_name, cut_for_testing, in_flight, retryable, run_batches, run_stage
 from .checks import check_reconstruct
 from .noise import noise_model, resolve_noise, sample_frames
 from .params import ReconstructParams
@@ -218,16 +218,7 @@ def _reconstruct(p: ReconstructParams, state: dict) -> dict:
         total = out.n_frames * out.plan.n_tiles
         already = out.ledger.count("solved")
         logger.info("%s: %d frames × %d tiles, %d already solved", out.path, out.n_frames, out.plan.n_tiles, already)
-        art = None
-        if p.artifacts:
-            art = create_progress_artifact(progress=100.0 * already / max(total, 1),
-                                           key=artifact_key("reconstruct-progress", p.output_store),
-                                           description=f"tiles solved in {abspath(out.path)}")
-            state["progress"] = art
-        stage = {"solved": 0, "solver_seconds": 0.0, "nfe": 0, "pids": [], "threads": []}
-        if already < total or p.fail_after_tiles is not None:
-            stage = solve_stage.with_options(task_runner=task_runner(p.execution))(p, lock.run_id,
-                                                                          None if art is None else str(art))
+        stage = run_stage(solve_stage, p, out, lock.run_id, already, total, "tiles", state)
         futs = [assemble_frame.submit(str(out.path), t, lock.run_id) for t in range(out.n_frames)]
         for f in futs:
             f.result()

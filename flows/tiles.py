@@ -288,7 +288,8 @@ def solve_batch(desc: dict) -> dict:
     with torch.no_grad():
         Ax = A(x)
     V_np = V.cpu().numpy()
-    resid = np.where(V_np, (y - Ax).cpu().numpy(), np.float32(np.nan))
+    # the residual map in the data's units (ADU: model-space residual / the intensity map's scale)
+    resid = np.where(V_np, (y - Ax).cpu().numpy().astype(np.float64) / out.intensity.scale, np.nan).astype(np.float32)
     x = x.cpu().numpy()
     y_np = y.cpu().numpy()
     Ax_np = Ax.cpu().numpy()

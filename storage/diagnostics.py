@@ -13,7 +13,7 @@ Group ``diagnostics/`` of the output store (Zarr v3, consolidated metadata)::
     per (frame, tile):  chi2_nu, nll, residual_norm, residual_rms, nfe, seconds, dof (valid measurements
                         in the blend window: masked entries do not count) (NaN until written;
                         nfe is int64 on disk with fill -1, decoded to NaN)
-    per pixel:          residual (frame, c, y, x) = y − A x̂ in model units, tile cores only; NaN where
+    per pixel:          residual (frame, c, y, x) = y − A x̂ in the input's data units (ADU), tile cores only; NaN where
                         the measurement is invalid (masked)
     static:             core_box, blend_box (tile, box) in input pixels
 
@@ -68,7 +68,7 @@ def create_diagnostics(root: Path, layout: Layout, plan: TilePlan, scale: dict, 
         data_vars[name] = (("frame", "tile"), da.full((N, n), fill, dtype=dt, chunks=(1, 1)))
     data_vars["residual"] = (("frame", "c", "y", "x"),
                              da.full((N, C, H, W), np.nan, dtype=np.float32, chunks=(1, C, ty, tx)),
-                             {"units": "model units (y - A x, intensity map of the input)"})
+                             {"units": "data units of the input (ADU): y - A x"})
     data_vars["core_box"] = (("tile", "box"), np.array([t.core for t in plan], dtype=np.int64))
     data_vars["blend_box"] = (("tile", "box"), np.array([t.blend for t in plan], dtype=np.int64))
     cores = np.array([t.core for t in plan], dtype=np.float64).reshape(-1, 4)

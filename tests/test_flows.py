@@ -60,8 +60,10 @@ def test_end_to_end_outputs_and_diagnostics(flows_env, straight):
 
     A = operators.get_operator(BLUR["name"], **BLUR["params"])
     y = flows_env["y_model"]
-    r_frame = (y - A(torch.from_numpy(2 * x - 1))).numpy()
+    # the stored residual is in the input's data units: the model-space residual / the intensity scale
+    r_frame = (y - A(torch.from_numpy(2 * x - 1))).numpy() / out.intensity.scale
     r_diag = ds["residual"].values
+    assert ds["residual"].attrs["units"].startswith("data units")
     m = out.plan.overlap + A.halo
     checked = 0
     for tile in out.plan:
