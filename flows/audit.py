@@ -16,9 +16,9 @@ window touches the tile's core); maps ``flag_map`` and ``window_p`` (output grid
 image ``labels/audit_flags``; and, for a run with ``--seeds K``, ``labels/prior_filled`` from
 ``uncertainty/prior_filled`` (:mod:`storage.uncertainty`) — napari shows both over the image.
 Without seeds the audit says in one line that no uncertainty was computed and how to get it.
-The markdown/PNG report (``flows.audit_report``) lists every frame; it draws the first chunk of
-frames (at most ``CHUNK``) when a frame is at most ``REPORT_BYTES`` (larger: numbers only);
-a markdown artifact summarises it.
+The markdown/PNG report (``flows.audit_report``) is rendered for the first frames (at most
+``CHUNK``, at most ``REPORT_CHUNK_BYTES`` of them) when a frame is at most ``REPORT_BYTES``, else
+for every frame with numbers only; a markdown artifact summarises it, every frame in its table.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ __all__ = ["audit_reconstruction", "audit_frames", "frames_per_chunk", "CHUNK"]
 CHUNK = 16  # frames audited (and held in memory) at once, at most ...
 CHUNK_BYTES = 256 << 20  # ... and fewer when their float32 reconstructions pass this (big frames: one at a time)
 REPORT_BYTES = 16 << 20  # the report draws frames (a whole-frame audit of a few) up to this size; larger: numbers only
+REPORT_CHUNK_BYTES = 64 << 20  # ... and as many of the first frames as fit in this (at most CHUNK)
 
 
 def frames_per_chunk(out: storage.OutputStore) -> int:
@@ -180,9 +181,10 @@ def _audit_regions(out: storage.OutputStore, p: AuditParams, run_id: str, logger
     storage.finish_audit(out, res.attrs())
     _, C, Ho, Wo = out.recon().shape
     first = None
-    if 4 * C * Ho * Wo <= REPORT_BYTES:  # small frames: the report draws them (whole-frame audit of a few)
-        r0, x, y, _ = audit_frames(out.path, 0, min(n, frames_per_chunk(out)), alpha=p.alpha, window=p.window,
-                                   control=p.control)
+    nbytes = 4 * C * Ho * Wo
+    if nbytes <= REPORT_BYTES:  # small frames: the report draws the first ones (a whole-frame audit of those)
+        k = min(n, CHUNK, max(1, REPORT_CHUNK_BYTES // nbytes))
+        r0, x, y, _ = audit_frames(out.path, 0, k, alpha=p.alpha, window=p.window, control=p.control)
         first = (r0, x, y)
     return res, tile_flags, first
 
