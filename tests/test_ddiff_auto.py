@@ -218,12 +218,12 @@ def test_flows_build_the_seed_mean_when_asked():
         SolverSpec(seeds=0)
 
 
-def test_stage_two_prior_is_loadable_by_name_and_not_the_default():
+def test_default_is_stage_two_and_v1_stays_loadable_by_name():
     from ddiff.priors import load_prior
     from ddiff.priors.loading import NAMED_WEIGHTS
 
-    v1, v2 = load_prior("default"), load_prior("default-v2")
-    assert NAMED_WEIGHTS["default"].name == "default.safetensors"
+    v1, v2 = load_prior("default-v1"), load_prior("default")
+    assert NAMED_WEIGHTS["default"] == NAMED_WEIGHTS["default-v2"] != NAMED_WEIGHTS["default-v1"]
     w1 = dict(v1.net.named_parameters()) if hasattr(v1, "net") else dict(v1.named_parameters())
     w2 = dict(v2.net.named_parameters()) if hasattr(v2, "net") else dict(v2.named_parameters())
     assert w1.keys() == w2.keys()

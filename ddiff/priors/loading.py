@@ -32,12 +32,17 @@ __all__ = [
     "CheckpointMismatchError", "UnsafeCheckpointError", "DEFAULT_WEIGHTS", "NAMED_WEIGHTS", "weights_path",
 ]
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
+_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: the embedded priors, by the name ``load_prior`` accepts (see ``weights/MODEL_CARD.md``)
-NAMED_WEIGHTS = {"default": DEFAULT_WEIGHTS,
-                 # stage 2 (v1 fine-tuned 1,900 more steps): +0.2 dB Tweedie PSNR, not yet measured in
-                 # DDiff or the demo, so not the default; the next training stage starts from it
-                 "default-v2": DEFAULT_WEIGHTS.with_name("default_v2.safetensors")}
+NAMED_WEIGHTS = {
+    # v2 = v1 fine-tuned 2,668 more steps with a decaying lr: +0.25-0.27 dB Tweedie PSNR, +0.16 dB in DDiff
+    # (paired, the cpu preset's five linear tasks), same network and cost -- the default since 2026-12-01
+    "default": _WEIGHTS_DIR / "default_v2.safetensors",
+    "default-v2": _WEIGHTS_DIR / "default_v2.safetensors",
+    # v1 = the first embedded prior (5,013 steps); the numbers in docs marked "v1" were measured with it
+    "default-v1": _WEIGHTS_DIR / "default_v1.safetensors",
+}
+DEFAULT_WEIGHTS = NAMED_WEIGHTS["default"]
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 _META_KEY = "ddiff_config"
