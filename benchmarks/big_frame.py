@@ -6,6 +6,8 @@ Room: benchmarks — drives ``storage`` and ``flows`` (each step in a fresh chil
     nice python benchmarks/big_frame.py --size 4096 --steps 1 # the same path on a 4k frame (~16x less)
     nice python benchmarks/big_frame.py --ingest-only         # the 16k ingest alone
     nice python benchmarks/big_frame.py --storage-only        # ingest + the storage path with an identity solve
+    nice python benchmarks/big_frame.py --storage-only --audit  # ... then the audit (block by block)
+    nice python benchmarks/big_frame.py --max-tiles 16 --batch 1  # the flow, cut after 16 tiles (RSS vs frame size)
 
 What it does: writes a ``--size``² uint16 frame as ``.npy`` band by band (never whole in memory),
 then runs, each in its own child process so a peak RSS is that step's alone:
@@ -53,7 +55,8 @@ elif step == "storage":  # the storage path alone: identity "solve" (y itself), 
     import storage
     st = storage.open_stack(work + "/in.zarr")
     plan = storage.TilePlan(st.frame_shape, tile=cfg["tile"], halo=4, overlap=16)
-    o = storage.create_output(work + "/recon.zarr", st, plan, {"solver": "identity"})
+    o = storage.create_output(work + "/recon.zarr", st, plan, {"solver": "identity", "operator": {
+        "name": "gaussian_blur", "params": {"std": 1.0}}, "noise": {"kind": "gaussian", "sigma": 40.0}})
     with storage.RunLock(o.path) as lock:
         for frame, k in o.ledger.pending():
             inp = storage.read_tile(st, frame, k, plan)
@@ -64,6 +67,10 @@ elif step == "storage":  # the storage path alone: identity "solve" (y itself), 
         storage.finalize(o.path, run_id=lock.run_id)
     err = np.abs(o.recon()[0, :, :512, :512] - st.array[0, :, :512, :512].astype(np.float32)).max()
     out.update({"n_tiles": plan.n_tiles, "identity_max_err": float(err)})
+elif step == "audit":  # the audit of the storage path's output, block by block (flows.audit_regions)
+    import flows
+    r = flows.audit_reconstruction(flows.AuditParams(output_store=work + "/recon.zarr", artifacts=False))
+    out.update({"chi2_nu": r["chi2_nu"][0], "frames_flagged": len(r["frames_flagged"])})
 else:
     import flows
     from flows.params import ReconstructParams
@@ -71,9 +78,22 @@ else:
                           operator={"name": "gaussian_blur", "params": {"std": 1.0}}, noise={"sigma": 0.05},
                           solver={"name": "ddiff", "steps": cfg["steps"]}, tile=cfg["tile"], overlap=16,
                           execution={"batch_size": cfg["batch"], "max_workers": 1, "torch_threads": cfg["threads"]},
-                          artifacts=False)
-    r = flows.reconstruct_stack(p)
-    out.update({k: r[k] for k in ("n_tiles", "solved", "wall_seconds", "solver_seconds", "nfe")})
+                          artifacts=False, fail_after_tiles=cfg["max_tiles"])
+    if cfg["max_tiles"] is None:
+        r = flows.reconstruct_stack(p)
+        out.update({k: r[k] for k in ("n_tiles", "solved", "wall_seconds", "solver_seconds", "nfe")})
+    else:  # a cut run: the first max_tiles tiles are solved and staged, then the flow stops on purpose
+        import numpy as np
+        import storage
+        from flows.tiles import InjectedFailure
+        try:
+            flows.reconstruct_stack(p)
+        except InjectedFailure:
+            pass
+        o = storage.open_output(work + "/recon.zarr")
+        sec = o.open_diagnostics()["seconds"].values
+        out.update({"n_tiles": o.plan.n_tiles, "solved": o.ledger.count("solved"),
+                    "wall_seconds": time.perf_counter() - t0, "solver_seconds": float(np.nansum(sec)), "nfe": -1})
 out["seconds"] = time.perf_counter() - t0
 out["peak_rss_mb"] = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 print("RESULT " + json.dumps(out))
@@ -96,7 +116,9 @@ def make_source(path: Path, n: int, band: int = 512) -> None:
 def run_step(step: str, work: Path, cfg: dict) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), step, str(work), json.dumps(cfg)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          capture_output=True, text=True,
+                          env={"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",  # a loaded shared machine
+                               **os.environ, "PYTHONPATH": str(ROOT)})
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
@@ -118,16 +140,29 @@ def main(argv=None) -> int:
     ap.add_argument("--ingest-only", action="store_true", help="stop after the ingest step")
     ap.add_argument("--storage-only", action="store_true",
                     help="after ingest, run the storage path with an identity solve instead of the flow")
+    ap.add_argument("--audit", action="store_true",
+                    help="with --storage-only: then run `ddiff audit` on that output (the blurred identity solve "
+                         "misfits: a busy flag map) and report its peak RSS")
+    ap.add_argument("--max-tiles", type=int, default=None,
+                    help="solve only the first N tiles, then stop (a deliberate cut: peak RSS against frame size "
+                         "without solving every tile); no blending or pyramid")
+    ap.add_argument("--reuse-input", action="store_true",
+                    help="reuse DIR/in.zarr from an earlier --keep run (skip writing the source and ingest)")
     a = ap.parse_args(argv)
     work = Path(a.dir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    cfg = {"tile": a.tile, "steps": a.steps, "threads": a.threads, "batch": a.batch}
-    t0 = time.perf_counter()
-    make_source(work / "src.npy", a.size)
-    print(f"source {a.size}x{a.size} uint16 ({a.size * a.size * 2 / 2**20:.0f} MiB; float32 frame "
-          f"{a.size * a.size * 4 / 2**20:.0f} MiB) written in {time.perf_counter() - t0:.1f}s", flush=True)
-    ing = run_step("ingest", work, cfg)
+    cfg = {"tile": a.tile, "steps": a.steps, "threads": a.threads, "batch": a.batch, "max_tiles": a.max_tiles}
+    if a.reuse_input and (work / "in.zarr" / "zarr.json").is_file():
+        shutil.rmtree(work / "recon.zarr", ignore_errors=True)
+        ing = {"seconds": float("nan"), "peak_rss_mb": 0.0}
+        print(f"input store reused: {work / 'in.zarr'} (ingest not rerun)", flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        t0 = time.perf_counter()
+        make_source(work / "src.npy", a.size)
+        print(f"source {a.size}x{a.size} uint16 ({a.size * a.size * 2 / 2**20:.0f} MiB; float32 frame "
+              f"{a.size * a.size * 4 / 2**20:.0f} MiB) written in {time.perf_counter() - t0:.1f}s", flush=True)
+        ing = run_step("ingest", work, cfg)
     print(f"ingest       {ing['seconds']:8.1f} s   peak RSS {ing['peak_rss_mb']:7.0f} MB", flush=True)
     if a.ingest_only:
         shutil.rmtree(work, ignore_errors=True)
@@ -137,7 +172,13 @@ def main(argv=None) -> int:
         sto = run_step("storage", work, cfg)
         print(f"storage path {sto['seconds']:8.1f} s   peak RSS {sto['peak_rss_mb']:7.0f} MB   {sto['n_tiles']} tiles "
               f"(read with halo, stage, residual, blend, pyramid); identity solve gives the input back to {sto['identity_max_err']:.2g} ADU", flush=True)
-        shutil.rmtree(work, ignore_errors=True)
+        if a.audit:
+            aud = run_step("audit", work, cfg)
+            print(f"audit        {aud['seconds']:8.1f} s   peak RSS {aud['peak_rss_mb']:7.0f} MB   (block by block: "
+                  f"statistics, window_p, flag map, labels/audit_flags; chi2_nu {aud['chi2_nu']:.3g})", flush=True)
+            sto["peak_rss_mb"] = max(sto["peak_rss_mb"], aud["peak_rss_mb"])
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
         peak = max(ing["peak_rss_mb"], sto["peak_rss_mb"])
         print(f"peak RSS {peak:.0f} MB; target < 2000 MB: {'OK' if peak < 2000 else 'EXCEEDED'}")
         return 0 if peak < 2000 else 1
@@ -149,8 +190,12 @@ def main(argv=None) -> int:
     import storage
 
     out = storage.open_output(work / "recon.zarr")
-    corner = out.recon(out.levels - 1)[0]
-    print(f"output: {out.levels} pyramid levels, coarsest {corner.shape[1:]} finite: {bool(np.isfinite(corner).all())}")
+    if a.max_tiles is None:
+        corner = out.recon(out.levels - 1)[0]
+        print(f"output: {out.levels} pyramid levels, coarsest {corner.shape[1:]} finite: {bool(np.isfinite(corner).all())}")
+    else:
+        print(f"cut run: {rec['solved']} of {rec['n_tiles']} tiles solved and staged (wall includes the flow's start: "
+              "server, prior load)")
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)
     peak = max(ing["peak_rss_mb"], rec["peak_rss_mb"])

@@ -63,6 +63,9 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
                    help="solver settings: 'auto' (default: DDiff chooses its data step from the measurements, "
                         "χ²_ν = 1), 'paper' (the paper's per-task values), or a key=value override; repeatable")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seeds", type=int, default=1, metavar="K",
+                   help="solve each tile K times (K >= 2): the estimate is their mean, and the seed spread and "
+                        "prior-filled maps are kept (recon.zarr/uncertainty, labels/prior_filled after the audit)")
     t = sp.add_argument_group("tiling and execution")
     t.add_argument("--tile", type=int, default=256 if not demo else 128,
                    help="tile core size (pixels)" + ("; demo default = the whole 128px frame, try 64 to see "

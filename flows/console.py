@@ -71,6 +71,8 @@ def _solver_options(a) -> dict:
     spec = {"name": a.solver, "steps": a.steps, "hyperparameters": _kv([h for h in a.hp or [] if "=" in h], "--hp")}
     if words:
         spec["settings"] = words[0]
+    if (getattr(a, "seeds", 1) or 1) > 1:
+        spec["seeds"] = a.seeds
     return spec
 
 

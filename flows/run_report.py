@@ -5,7 +5,8 @@ failure summary, the progress artifact marked as failed, and a ``ddiff.run.faile
 what a parent run (``process_stack``, ``ddiff demo``) publishes: the verdict (:func:`publish_verdict`).
 
 Room: ``flows`` — prefect artifacts, ``storage`` (ledger counts), :mod:`flows.ui`,
-:func:`flows.audit.audit_frames` (the frame statistics). No torch math here.
+:class:`flows.audit_regions.RegionAudit` / :func:`flows.audit.audit_frames` (the frame statistics). No
+torch math here.
 
 **χ²_ν, one definition.** The number reported for a *frame* — in this summary, in the audit table
 and in ``ddiff demo`` — is the audit's: the assembled reconstruction ``x̂`` re-measured on the whole
@@ -38,14 +39,17 @@ def frame_fit_rows(output_store) -> list[dict]:
     """Per frame of a finished output: the frame χ²_ν (the audit's definition), its expectation, z, p,
     and the range of the solver's tile χ²_ν."""
     from .audit import audit_frames, frames_per_chunk
+    from .audit_regions import RegionAudit
     from .audit_report import frame_rows
 
     out = storage.open_output(output_store)
     tile_chi = np.asarray(out.open_diagnostics()["chi2_nu"].values, dtype=np.float64)
     rows, step = [], frames_per_chunk(out)
+    ra = None if storage.is_frame_output(out) else RegionAudit(out, storage.open_input(out))
     for c0 in range(0, out.n_frames, step):
         c1 = min(out.n_frames, c0 + step)
-        res = audit_frames(out.path, c0, c1)[0]
+        # tiled outputs: block by block (no frame in memory); whole-frame outputs: a chunk of frames
+        res = ra.result([ra.frame(t) for t in range(c0, c1)]) if ra is not None else audit_frames(out.path, c0, c1)[0]
         for t, r in zip(range(c0, c1), frame_rows(res)):
             tc = tile_chi[t]
             rows.append({"frame": t, "chi2_nu": r["chi2_nu"], "expected": r["expected"], "z": r["z"],

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 import ddiff
+from ddiff.audit import uncertainty
 import operators
 import storage
 from ddiff.solvers.base import infer_x_shape
@@ -210,12 +211,26 @@ def group_batches(plan: TilePlan, n_frames: int, batch_size: int, scale: int, do
     return out
 
 
-def make_solver(config: dict, prior):
+def make_solver(config: dict, prior, keep_samples: bool = False):
+    """The run's solver; with ``seeds ≥ 2`` the K-seed mean (``keep_samples``: its result carries the K runs)."""
     from .params import SOLVER_NAMES
 
     cls = getattr(ddiff, SOLVER_NAMES[config["solver"]])
     solver = cls(prior, **config["hyperparameters"])
-    return ddiff.SeedMean(solver, config["seeds"]) if config.get("seeds", 1) > 1 else solver
+    if config.get("seeds", 1) > 1:
+        return ddiff.SeedMean(solver, config["seeds"], keep_samples=keep_samples)
+    return solver
+
+
+def seed_spread(res, A, noise, y: torch.Tensor) -> np.ndarray | None:
+    """``(B, 3, H, W)`` float32 maps of a multi-seed result, in the order of ``storage.UNC_MAPS``:
+    seed spread (model units), measured spread (noise sd; NaN when the grids are unrelated) and
+    prior-filled (0/1) — :func:`ddiff.audit.uncertainty` on the K runs. ``None`` for one seed."""
+    if res.samples is None:
+        return None
+    u = uncertainty(res.samples.float(), A, noise, y)
+    ms = u.measured_spread if u.measured_spread is not None else torch.full_like(u.spread, float("nan"))
+    return torch.stack([u.spread, ms.to(u.spread), u.prior_filled.to(u.spread)], 1).float().cpu().numpy()
 
 
 def solve_batch(desc: dict) -> dict:
@@ -265,9 +280,10 @@ def solve_batch(desc: dict) -> dict:
         y = A.apply(y)
     gens = [torch.Generator(device=device if device != "mps" else "cpu").manual_seed(tile_seed(cfg["seed"], fr, k))
             for fr, k in items]
-    solver = make_solver(cfg, prior)
+    solver = make_solver(cfg, prior, keep_samples=True)
     with _device_guard(device, desc.get("gpu_limit")):
         res = solver.solve(y, A, noise, generator=gens, x_shape=x_shape)
+    unc = seed_spread(res, A, noise, y)
     x = res.x.float()
     with torch.no_grad():
         Ax = A(x)
@@ -297,7 +313,7 @@ def solve_batch(desc: dict) -> dict:
                 "residual_norm": float(np.linalg.norm(rb)), "residual_rms": float(np.sqrt(np.mean(rb**2))) if m else float("nan"),
                 "nfe": int(res.nfe), "seconds": float(res.seconds) / len(items)}
         storage.write_tile_result(out, frame, k, x[i, :, : rh * f, : rw * f], diag, resid[i, :, :rh, :rw],
-                                  run_id=desc["run_id"])
+                                  run_id=desc["run_id"], uncertainty=None if unc is None else unc[i, :, : rh * f, : rw * f])
         written += 1
         chis.append(chi)
         if fail_after is not None and written >= int(fail_after):

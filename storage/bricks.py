@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .axes import Layout
-from .ingest import Stack
-from .output import read_tile
+from .stack import Stack
+from .tile_io import read_tile
 from .tiling import Tile, TilePlan
 
 __all__ = ["ZPlan", "BrickInput", "reflect_index", "read_brick", "brick_frames", "all_bricks"]

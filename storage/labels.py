@@ -5,12 +5,14 @@ Room: ``storage`` — numpy, zarr (through :mod:`storage.pyramid`).
 from __future__ import annotations
 
 import numpy as np
+import zarr
+from zarr.storage import LocalStore
 
 from .output import _as_output
-from .pyramid import write_label
+from .pyramid import build_pyramid, label_layout, write_label
 from .safety import require_lock
 
-__all__ = ["LABELS", "write_flag_label"]
+__all__ = ["LABELS", "write_flag_label", "label_pyramid"]
 
 
 #: label images the pipeline writes: name -> (colours, properties)
@@ -21,10 +23,13 @@ LABELS = {
 }
 
 
-def write_flag_label(out, name: str, frame: int, mask: np.ndarray, *, run_id: str | None = None) -> None:
+def write_flag_label(out, name: str, frame: int, mask: np.ndarray, *, run_id: str | None = None,
+                     origin: tuple[int, int] | None = None, pyramid: bool = True) -> None:
     """Write a boolean ``(H·f, W·f)`` map of ``frame`` as the OME-NGFF label image ``labels/<name>``
     (value 1 where True), with the reconstruction's axes, levels and physical scale, so viewers
-    overlay it on the image (names and colours: :data:`LABELS`; other names get magenta)."""
+    overlay it on the image (names and colours: :data:`LABELS`; other names get magenta).
+    Region by region (a frame larger than memory): ``origin=(y0, x0)`` writes an ``(h, w)`` block
+    there, ``pyramid=False`` defers the coarser levels to :func:`label_pyramid` after the last block."""
     out = _as_output(out)
     require_lock(out.path, run_id)
     if not 0 <= int(frame) < out.n_frames:
@@ -33,4 +38,12 @@ def write_flag_label(out, name: str, frame: int, mask: np.ndarray, *, run_id: st
     scale, units = out.geometry
     write_label(out.path, name, int(frame), np.asarray(mask).astype(np.uint8), layout=out.layout, levels=out.levels,
                 chunks=tuple(out.manifest["recon"]["chunks"]), scale=scale, units=units, colors=colors,
-                properties=props)
+                properties=props, origin=origin, pyramid=pyramid)
+
+
+def label_pyramid(out, name: str, frame: int, *, run_id: str | None = None) -> None:
+    """Build the coarser levels of ``frame`` of ``labels/<name>`` (max of 2×2 blocks, chunk by chunk)."""
+    out = _as_output(out)
+    require_lock(out.path, run_id)
+    g = zarr.open_group(LocalStore(out.path), mode="r+", use_consolidated=False)[f"labels/{name}"]
+    build_pyramid(g, label_layout(out.layout), out.levels, int(frame), reduce="max")

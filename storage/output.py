@@ -1,5 +1,8 @@
 """Output stores: reconstruction (OME-Zarr), diagnostics (xarray in Zarr), ledger, manifest, lock.
 
+The per-tile functions named below (``read_tile``, ``write_tile_result``, ``assemble_*``,
+``finalize``) live in :mod:`storage.tile_io`.
+
 Room: ``storage`` — zarr, xarray, dask, numpy; never torch/prefect/``ddiff``/``flows``.
 
 Contract for the flows author — tasks pass *descriptors* (paths, ints, a JSON config), never arrays::
@@ -28,6 +31,9 @@ ome-zarr-py, napari-ome-zarr and bioio::
     staging/contrib (N, n_tiles, C, sy·f, sx·f) float32 model space: one chunk per (frame, tile) holding
                   that tile's unweighted blend-window solution (NaN-padded). Pass 1 writes here.
     diagnostics/  xarray Dataset with physical coordinates (:mod:`storage.diagnostics`).
+    uncertainty/  (runs with ``seeds ≥ 2``) seed spread, its re-measurement and the prior-filled map
+                  per pixel: xarray Dataset + OME-NGFF image (:mod:`storage.uncertainty`);
+                  ``staging/uncertainty`` holds each tile's maps for pass 2.
     _ledger/      solved/t<frame>/k<tile>.json, assembled/..., pyramid/t<frame>/k000000.json,
                   COMPLETE.json — plain files written atomically (temp + rename) *after* the data
                   they certify.
@@ -50,8 +56,6 @@ the plan and the scale factor.
 """
 from __future__ import annotations
 
-import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -61,18 +65,19 @@ import zarr
 from zarr.storage import LocalStore
 
 from .axes import Layout, Planes
-from .diagnostics import DIAG_SCALARS, create_diagnostics, write_residual, write_scalars
+from .diagnostics import DIAG_SCALARS, create_diagnostics
 from .ingest import Stack, _compressors, _store_kind, open_stack
 from .intensity import IntensityMap
 from .ledger import Ledger
 from .ome import ome_image_attrs
 from .provenance import open_input, output_action
-from .pyramid import build_pyramid, consolidate, level_layout, pyramid_levels
-from .safety import RunLock, StorageError, TargetAppearedError, atomic_directory, atomic_write_json, require_lock, write_error
-from .tiling import Tile, TilePlan
+from .pyramid import consolidate, level_layout, pyramid_levels
+from .safety import RunLock, StorageError, TargetAppearedError, atomic_directory, write_error
+from .tiling import TilePlan
+from .uncertainty import create_uncertainty, keeps_seeds
 
-__all__ = ["OUTPUT_KIND", "DIAG_SCALARS", "OutputStore", "Ledger", "TileInput", "create_output", "open_output",
-           "read_tile", "write_tile_result", "assemble_tile", "assemble_frame", "finalize", "output_action", "open_input"]
+__all__ = ["OUTPUT_KIND", "DIAG_SCALARS", "OutputStore", "Ledger", "create_output", "open_output", "output_action",
+           "open_input"]
 
 OUTPUT_KIND = "ddiff-output"
 
@@ -239,6 +244,9 @@ def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest:
         staging.create_array("contrib", shape=(stack.n_frames, plan.n_tiles, C, sy, sx), dtype=f32,
                              chunks=(1, 1, C, sy, sx), compressors=_compressors("blosc-zstd", f32),
                              fill_value=float("nan"), dimension_names=("frame", "tile", "c", "y", "x"))
+        if keeps_seeds(manifest):  # --seeds K: the seed spread is staged and blended like the image
+            create_uncertainty(tmp, layout, (cy, cx), r["scale"], r["units"], plan.n_tiles, (sy, sx),
+                               _compressors("blosc-zstd", f32))
     cfg = manifest["config"]
     create_diagnostics(tmp, stack.layout, plan, stack.scale, stack.units, attrs={
         "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),
@@ -248,170 +256,3 @@ def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest:
     if "residual_units" in manifest:
         zarr.open_group(LocalStore(tmp), mode="r+")["diagnostics/residual"].attrs["units"] = manifest["residual_units"]
     consolidate(tmp)
-
-
-@dataclass
-class TileInput:
-    """A tile read for solving. ``data``: float32 ``(C, rh, rw)`` model space (read window, reflect
-    padded); ``valid``: bool ``(C, rh, rw)`` or None (None = all valid); ``tile``: its geometry
-    (``tile.inner`` slices the blend window out of ``data``)."""
-
-    data: np.ndarray
-    valid: np.ndarray | None
-    tile: Tile
-    frame: int
-
-
-def read_tile(input_store, frame: int, tile: "int | Tile", plan: TilePlan) -> TileInput:
-    """Read one tile's window from the (read-only) input store, mapped to model space."""
-    stack = input_store if isinstance(input_store, Stack) else open_stack(input_store)
-    if stack.frame_shape != plan.frame_shape:
-        raise StorageError(f"plan frame shape {plan.frame_shape} != input frames {stack.frame_shape}")
-    if not 0 <= int(frame) < stack.n_frames:
-        raise ValueError(f"frame {frame} out of range: the stack has {stack.n_frames} frames")
-    t = plan.tile_of(tile)
-    (ys, xs), pads = plan.read_window(t)
-    data = stack.to_model(stack.array[int(frame), :, ys, xs])
-    valid = None
-    if stack.valid is not None:
-        valid = np.asarray(stack.valid[int(frame), :, ys, xs]) & np.isfinite(data)
-        if valid.all():
-            valid = None
-        else:
-            data = np.where(valid, data, np.float32(0))
-            valid = plan.pad(valid, pads)
-    return TileInput(plan.pad(data, pads), valid, t, int(frame))
-
-
-def _crop_to_blend(arr: np.ndarray, t: Tile, f: int, C: int, what: str) -> np.ndarray:
-    """Accept a blend-window or read-window shaped ``(C, h, w)`` array (grid factor ``f``); return the blend part."""
-    arr = np.asarray(arr)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    bh, bw = t.blend_shape
-    rh, rw = t.read_shape
-    if arr.shape == (C, bh * f, bw * f):
-        return arr
-    if arr.shape == (C, rh * f, rw * f):
-        iy, ix = t.inner
-        return arr[:, iy.start * f:iy.stop * f, ix.start * f:ix.stop * f]
-    raise StorageError(f"{what} for tile {t.index} has shape {arr.shape}; expected the blend window "
-                       f"{(C, bh * f, bw * f)} or the read window {(C, rh * f, rw * f)}")
-
-
-def write_tile_result(out, frame: int, tile: int, recon: np.ndarray, diagnostics: Mapping | None = None,
-                      residual: np.ndarray | None = None, *, run_id: str | None = None) -> None:
-    """Pass 1 for one (frame, tile): stage the solution, write its diagnostics, then mark it solved.
-
-    ``recon``: model space, ``(C, bh·f, bw·f)`` (blend window) or ``(C, rh·f, rw·f)`` (read window,
-    cropped here); must be finite. ``diagnostics``: any of :data:`DIAG_SCALARS`. ``residual``:
-    ``y − A x`` on the input grid, blend- or read-window shaped; its core is stored.
-    """
-    out = _as_output(out)
-    require_lock(out.path, run_id)
-    plan, f, C = out.plan, int(out.manifest["scale"]), out.channels
-    t = plan.tile_of(tile)
-    frame, k = int(frame), t.index
-    if not 0 <= frame < out.n_frames:
-        raise ValueError(f"frame {frame} out of range: the output has {out.n_frames} frames")
-    x = _crop_to_blend(recon, t, f, C, "recon").astype(np.float32)
-    if not np.isfinite(x).all():
-        raise StorageError(f"recon of frame {frame} tile {k} contains NaN/Inf; not written (fix the solve)")
-    unknown = set(diagnostics or {}) - set(DIAG_SCALARS)
-    if unknown:
-        raise ValueError(f"unknown diagnostics {sorted(unknown)}; allowed: {sorted(DIAG_SCALARS)}")
-    try:
-        g = out.group("w")
-        # (1) staging slot: one whole chunk, NaN-padded, so a rerun rewrites identical bytes
-        sy, sx = out.out_plan.slot_shape
-        slot = np.full((C, sy, sx), np.nan, np.float32)
-        slot[:, : x.shape[1], : x.shape[2]] = x
-        g["staging/contrib"][frame, k] = slot
-        _fault("after_staging")
-        # (2) per-pixel residual on the core (input grid; the core is exactly one chunk)
-        if residual is not None:
-            r = _crop_to_blend(residual, t, 1, C, "residual").astype(np.float32)
-            cys, cxs = t.core_in_blend
-            write_residual(out.path, frame, t.core, r[:, cys, cxs])
-        _fault("after_residual")
-        # (3) per-tile scalars
-        if diagnostics:
-            write_scalars(out.path, frame, k, diagnostics)
-        _fault("before_mark")
-        # (4) only now: the atomic completion marker
-        out.ledger.mark_done(frame, k, "solved", run_id=run_id, recon_sha256=hashlib.sha256(x.tobytes()).hexdigest())
-    except OSError as exc:  # disk full, size limit, read-only: one line naming the store and the cause
-        raise write_error(f"frame {frame} tile {k}", out.path, exc) from exc
-
-
-def assemble_tile(out, frame: int, tile: int, *, run_id: str | None = None) -> None:
-    """Pass 2 for one core: blend the staged solutions of the contributing tiles, map to physical
-    units and write the core's single chunk of level ``0``; then mark it assembled."""
-    out = _as_output(out)
-    require_lock(out.path, run_id)
-    plan, op, C = out.plan, out.out_plan, out.channels
-    t = plan.tile_of(tile)
-    frame = int(frame)
-    missing = [s.index for s in plan.contributors(t) if not out.ledger.is_done(frame, s.index, "solved")]
-    if missing:
-        raise StorageError(f"frame {frame} tile {t.index}: contributing tiles {missing} are not solved yet; "
-                           "assemble after all of them are written")
-    try:
-        g = out.group("w")
-        contrib = g["staging/contrib"]
-        to = op.tile_of(t.index)
-        y0, y1, x0, x1 = to.core
-        acc = np.zeros((C, y1 - y0, x1 - x0), np.float64)
-        for s in op.contributors(to):
-            by0, by1, bx0, bx1 = s.blend
-            iy0, iy1, ix0, ix1 = max(y0, by0), min(y1, by1), max(x0, bx0), min(x1, bx1)
-            w = op.weights(s)[iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0]
-            xs = contrib[frame, s.index, :, iy0 - by0:iy1 - by0, ix0 - bx0:ix1 - bx0].astype(np.float64)
-            acc[:, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] += w * xs
-        Planes(g["0"], out.layout)[frame, :, y0:y1, x0:x1] = out.intensity.from_model(acc)
-        _fault("before_assembled_mark")
-        out.ledger.mark_done(frame, t.index, "assembled", run_id=run_id)
-    except OSError as exc:
-        raise write_error(f"the assembled frame {frame} (core {t.index})", out.path, exc) from exc
-
-
-def assemble_frame(out, frame: int, *, run_id: str | None = None) -> int:
-    """Assemble every not-yet-assembled core of ``frame``, then build the frame's pyramid levels;
-    returns how many cores were written. Refuses (:class:`InputChangedError`) when the input is no
-    longer the one the output was made from."""
-    out = _as_output(out)
-    open_input(out)
-    n = 0
-    for k in range(out.plan.n_tiles):
-        if not out.ledger.is_done(frame, k, "assembled"):
-            assemble_tile(out, frame, k, run_id=run_id)
-            n += 1
-    _pyramid(out, frame, run_id)
-    return n
-
-
-def _pyramid(out: OutputStore, frame: int, run_id: str | None) -> None:
-    if out.ledger.is_done(frame, 0, "pyramid"):
-        return
-    require_lock(out.path, run_id)
-    build_pyramid(out.group("w"), out.layout, out.levels, int(frame))
-    out.ledger.mark_done(frame, 0, "pyramid", run_id=run_id)
-
-
-def finalize(out, *, run_id: str | None = None) -> dict:
-    """Check every core of every frame is assembled, build any missing pyramid levels, then write
-    ``_ledger/COMPLETE.json``."""
-    out = _as_output(out)
-    require_lock(out.path, run_id)
-    left = out.ledger.pending("assembled")
-    if left:
-        raise StorageError(f"{out.path}: {len(left)} (frame, tile) cores not assembled yet, e.g. {left[:5]}")
-    for frame in range(out.n_frames):
-        _pyramid(out, frame, run_id)
-    info = {"config_hash": out.manifest["config_hash"], "run_id": run_id, "time": time.time(),
-            "n_frames": out.n_frames, "n_tiles": out.plan.n_tiles}
-    try:
-        atomic_write_json(out.path / "_ledger" / "COMPLETE.json", info)
-    except OSError as exc:
-        raise write_error("the completion marker", out.path, exc) from exc
-    return info

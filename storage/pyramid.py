@@ -27,10 +27,11 @@ from zarr.storage import LocalStore
 from .axes import Layout, Planes
 from .ome import ome_label_attrs, ome_labels_attrs
 
-__all__ = ["pyramid_levels", "level_layout", "build_pyramid", "write_label", "consolidate", "XARRAY_GROUPS"]
+__all__ = ["pyramid_levels", "level_layout", "label_layout", "build_pyramid", "write_label", "consolidate",
+           "XARRAY_GROUPS"]
 
 #: groups written by xarray (consolidated on their own as well as through the root)
-XARRAY_GROUPS = ("diagnostics", "audit")
+XARRAY_GROUPS = ("diagnostics", "audit", "uncertainty")
 
 
 def pyramid_levels(H: int, W: int, cy: int, cx: int, max_levels: int = 12) -> int:
@@ -76,16 +77,27 @@ def build_pyramid(group: zarr.Group, layout: Layout, levels: int, frame: int, re
                 dst[frame, :, y0:y1, x0:x1] = _down2(block, reduce).astype(dst.dtype)
 
 
+def label_layout(layout: Layout) -> Layout:
+    """The image's layout less its ``c`` axis (label images and per-pixel maps over all channels)."""
+    return Layout(layout.axes.replace("c", ""), tuple(n for a, n in zip(layout.axes, layout.shape) if a != "c"))
+
+
 def write_label(root_path, name: str, frame: int, data: np.ndarray, *, layout: Layout, levels: int, chunks,
-                scale: dict, units: dict, colors: dict[int, tuple], properties: dict[int, dict] | None = None) -> None:
+                scale: dict, units: dict, colors: dict[int, tuple], properties: dict[int, dict] | None = None,
+                origin: tuple[int, int] | None = None, pyramid: bool = True) -> None:
     """Write frame ``frame`` of label image ``labels/<name>`` (values 0–255, ``data`` ``(H, W)`` on
     the image's level-0 grid) and its max-pyramid. ``layout``: the image's level-0 layout (the label
-    has the same axes less ``c``, so viewers overlay it on every channel); ``chunks``: spatial ``(cy, cx)``."""
+    has the same axes less ``c``, so viewers overlay it on every channel); ``chunks``: spatial ``(cy, cx)``.
+    Region by region: ``origin=(y0, x0)`` places an ``(h, w)`` block there and ``pyramid=False``
+    leaves the coarser levels to one :func:`build_pyramid` (``reduce="max"``) after the last block."""
     data = np.asarray(data)
-    lay = Layout(layout.axes.replace("c", ""), tuple(n for a, n in zip(layout.axes, layout.shape) if a != "c"))
+    lay = label_layout(layout)
     H, W = lay.sizes["y"], lay.sizes["x"]
-    if data.shape != (H, W):
-        raise ValueError(f"label {name!r}: frame data has shape {data.shape}; expected the image grid {(H, W)}")
+    y0, x0 = (0, 0) if origin is None else (int(origin[0]), int(origin[1]))
+    h, w = data.shape if data.ndim == 2 else (-1, -1)
+    if (origin is None and (h, w) != (H, W)) or h < 0 or y0 < 0 or x0 < 0 or y0 + h > H or x0 + w > W:
+        raise ValueError(f"label {name!r}: frame data has shape {data.shape} at {(y0, x0)}; expected the image "
+                         f"grid {(H, W)}" + (" or a block inside it" if origin is not None else ""))
     if data.min(initial=0) < 0 or data.max(initial=0) > 255:
         raise ValueError(f"label {name!r}: values must lie in 0..255 (uint8)")
     store = LocalStore(Path(root_path))
@@ -102,8 +114,9 @@ def write_label(root_path, name: str, frame: int, data: np.ndarray, *, layout: L
         labels.attrs.update({"ome": ome_labels_attrs(names + [name])})
         consolidate(root_path)
     g = labels[name]
-    Planes(g["0"], lay)[frame] = data.astype(np.uint8)[np.newaxis]
-    build_pyramid(g, lay, levels, frame, reduce="max")
+    Planes(g["0"], lay)[frame, :, y0:y0 + h, x0:x0 + w] = data.astype(np.uint8)[np.newaxis]
+    if pyramid:
+        build_pyramid(g, lay, levels, frame, reduce="max")
 
 
 def consolidate(root_path) -> None:

@@ -163,6 +163,7 @@ def test_audit_flow_writes_dataset_and_report(flows_env, straight):
 
     res = flows.audit_reconstruction(flows.AuditParams(output_store=str(straight[0]), window=8))
     assert len(res["chi2_nu"]) == 2 and all(np.isfinite(res["chi2_nu"]))
+    assert res["prior_filled_fraction"] is None and "not computed" in res["uncertainty"] and "--seeds" in res["uncertainty"]
     ds = xr.open_zarr(LocalStore(straight[0], read_only=True), group="audit", consolidated=False, zarr_format=3)
     assert ds["chi2_nu"].shape == (2,) and ds["tile_flagged"].shape == (2, 4) and ds["flag_map"].shape == (2, 48, 40)
     # the flags are also the OME-NGFF label image over the reconstruction (viewers overlay it)

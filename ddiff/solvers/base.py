@@ -38,13 +38,16 @@ Generator = "torch.Generator | Sequence[torch.Generator] | None"
 
 @dataclass
 class Result:
-    """Output of ``Solver.solve``: ``x`` ``(B, C, H, W)``, ``nfe``, per-step ``trace``, wall ``seconds``."""
+    """Output of ``Solver.solve``: ``x`` ``(B, C, H, W)``, ``nfe``, per-step ``trace``, wall ``seconds``;
+    ``samples`` ``(K, B, C, H, W)``: the K seeded results behind ``x`` when a multi-seed solver was
+    asked to keep them (:class:`~ddiff.solvers.seed_mean.SeedMean`), else ``None``."""
 
     x: torch.Tensor
     nfe: int
     trace: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     nfe_with_grad: int = 0
+    samples: torch.Tensor | None = None
 
 
 def per_sample_norm(v: torch.Tensor) -> torch.Tensor:
