@@ -248,6 +248,17 @@ def settings_text(config: dict) -> str:
     return f"solver `{config.get('solver')}` with its own data step"
 
 
+def _volume_lines(config: dict) -> list[str]:
+    """A volume run: how its z axis was cut into bricks (flows.bricks), before the frame (= plane) table."""
+    if "volume" not in config:
+        return []
+    z = config["volume"]["zplan"]
+    return [f"- volume: solved as bricks by `{config['solver']}` — {z['brick']} planes per brick core, fitting the "
+            f"measurements of {z['overlap']} more planes each side, with {z['halo']} planes of axial context "
+            f"(halo_z); frames below are the planes (frame = t·Z + z); per-brick statistics: `ddiff audit` "
+            "(`audit_volume/`)", ""]
+
+
 def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dict, rows: list[dict],
                      flags: list, fit: list[dict] | None = None) -> str:
     """The run summary (markdown). ``rows``: :func:`frame_table` (the solver's tile χ²_ν); ``fit``:
@@ -263,6 +274,7 @@ def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dic
              f"{out.plan.overlap}, halo {out.plan.halo}); batch {p.execution.batch_size}; device `{p.execution.device}`",
              f"- this run: {result['solved']} tiles solved, {result['skipped']} already done (resume); "
              f"wall {result['wall_seconds']:.1f}s, solver {result['solver_seconds']:.1f}s", "",
+             *_volume_lines(out.manifest["config"]),
              "| frame | χ²_ν (frame) | expected | p (misfit) | tile χ²_ν mean | tile χ²_ν max | solver s |",
              "|---|---|---|---|---|---|---|"]
     for r in rows[:200]:

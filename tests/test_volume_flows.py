@@ -116,3 +116,19 @@ def test_volume_audit_per_plane_and_per_brick(zstack):
     st = volume_statistics(y, Ax, obs, noise, zplan, out.plan)
     flags = brick_flags(st["brick"][3], 0.05, "sidak")
     assert np.argwhere(flags).tolist() == [[1, 0]], st["brick"][0]
+
+
+def test_bad_volume_runs_are_one_line_and_write_nothing(zstack, tmp_path, capsys):
+    # a store without recorded voxel sizes: widefield3d needs them (or the --op-param)
+    np.save(tmp_path / "y.npy", zstack["y"])
+    bare = tmp_path / "bare.zarr"
+    storage.ingest(tmp_path / "y.npy", bare, axes="zyx", intensity=(0, 1))
+    out = tmp_path / "out.zarr"
+    assert main(["reconstruct", str(bare), str(out), *RECON]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "records no physical x step" in err[0] and "--pixel-size" in err[0], err
+    # a solver with no volume form
+    assert main(["reconstruct", str(zstack["input"]), str(out), *RECON, "--solver", "dps"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not solve volumes" in err[0], err
+    assert not out.exists()
