@@ -35,11 +35,13 @@ from ddiff.audit import audit
 
 from . import tiles as T
 from .audit_regions import RegionAudit
+from .bricks import is_volume_output
 from .audit_report import frame_rows, render_audit_report, summary_markdown
 from .checks import check_audit
 from .noise import noise_model
 from .params import AuditParams
 from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, report_failure, run_tags, tag_this_run
+from .volume_audit import audit_planes, audit_volumes, volumes_chunk
 
 __all__ = ["audit_reconstruction", "audit_frames", "frames_per_chunk", "CHUNK"]
 
@@ -53,7 +55,8 @@ def frames_per_chunk(out: storage.OutputStore) -> int:
     """Frames audited at once: at most :data:`CHUNK`, fewer when their float32 reconstructions pass
     :data:`CHUNK_BYTES` (the audit and the reconstruction's frame-fit table share this rule)."""
     _, C, Ho, Wo = out.recon().shape
-    return max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
+    n = max(1, min(CHUNK, CHUNK_BYTES // (4 * C * Ho * Wo)))
+    return volumes_chunk(out, n) if is_volume_output(out) else n  # volumes: whole z-stacks
 
 
 def _frames(out: storage.OutputStore, stack: storage.Stack, t0: int, t1: int):
@@ -73,6 +76,8 @@ def audit_frames(output_store, t0: int, t1: int, *, alpha=0.05, window=16, contr
         raise storage.StorageError(f"{out.path} is not complete; finish `ddiff reconstruct` (rerun it to resume) first")
     cfg = out.manifest["config"]
     stack = storage.open_input(out)  # refuses an input re-ingested since the reconstruction (one line)
+    if is_volume_output(out):  # z-stacks: every plane against the 3-D re-measurement (flows.volume_audit)
+        return audit_planes(out, stack, t0, t1, alpha=alpha, window=window, control=control)
     if storage.is_frame_output(out):  # measurements of a global operator: whole-frame tests only
         from .frames import audit_inputs
 
@@ -121,10 +126,15 @@ def _audit(p: AuditParams) -> dict:
     report_dir = Path(p.report_dir) if p.report_dir else out.path.with_name(out.path.name + ".audit")
     n = out.n_frames
     with storage.RunLock(out.path) as lock:
-        if storage.is_frame_output(out):  # a global operator: whole frames by definition
+        vol = None
+        if storage.is_frame_output(out) or is_volume_output(out):  # a global operator, or whole z-stacks
             res, tile_flags, first = _audit_whole_frames(out, p, lock.run_id, logger)
         else:
             res, tile_flags, first = _audit_regions(out, p, lock.run_id, logger)
+        if is_volume_output(out):  # per plane and per brick (audit_volume/), bricks flagged over each volume's
+            vol = audit_volumes(out, alpha=p.alpha, control=p.control)
+            storage.consolidate(out.path)
+            logger.info("volume audit: %d of %d bricks flagged", len(vol["bricks_flagged"]), vol["bricks"])
         unc = _prior_filled_label(out, lock.run_id)
     logger.info(unc["line"])
     chi, pv = [float(v) for v in res.chi2_nu], [float(v) for v in res.p_value]
@@ -152,7 +162,7 @@ def _audit(p: AuditParams) -> dict:
                                                "report": abspath(md_path), "alpha": p.alpha})
     return {"report": str(md_path), "dataset": f"{out.path}/audit", "chi2_nu": chi, "p_value": pv,
             "frames_flagged": [t for t, b in enumerate(flags_frame) if b], "tiles_flagged": flagged_tiles,
-            "prior_filled_fraction": unc["fraction"], "uncertainty": unc["line"]}
+            "prior_filled_fraction": unc["fraction"], "uncertainty": unc["line"], **({"volume": vol} if vol else {})}
 
 
 def _audit_regions(out: storage.OutputStore, p: AuditParams, run_id: str, logger):
@@ -190,9 +200,10 @@ def _audit_regions(out: storage.OutputStore, p: AuditParams, run_id: str, logger
 
 
 def _audit_whole_frames(out: storage.OutputStore, p: AuditParams, run_id: str, logger):
-    """The audit of a whole-frame output (a global operator), a chunk of frames at a time."""
-    n = out.n_frames
-    storage.create_audit(out, maps=False)
+    """The audit of a whole-frame output (a global operator), or of whole z-stacks (a volume run: the
+    3-D re-measurement, :mod:`flows.volume_audit`, with its window maps and flag label), a chunk at a time."""
+    n, maps = out.n_frames, is_volume_output(out)
+    storage.create_audit(out, maps=maps)
     tile_flags, results, first = np.zeros((n, out.plan.n_tiles), bool), [], None
     step = frames_per_chunk(out)
     for c0 in range(0, n, step):
@@ -200,7 +211,15 @@ def _audit_whole_frames(out: storage.OutputStore, p: AuditParams, run_id: str, l
         res, x, y, _ = audit_frames(out.path, c0, c1, alpha=p.alpha, window=p.window, control=p.control)
         if first is None:
             first = (res, x, y)
-        tile_flags[c0:c1, :] = res.flagged.cpu().numpy()[:, None]  # one tile per frame = the frame test
+        if maps:  # a tile is flagged when a flagged window touches its core (as the region audit)
+            fm = res.flag_map.cpu().numpy()
+            for b in range(c1 - c0):
+                storage.write_audit_block(out, "flag_map", c0 + b, 0, 0, fm[b])
+                storage.write_audit_block(out, "window_p", c0 + b, 0, 0, res.window_p[b].float().cpu().numpy())
+                storage.write_flag_label(out, "audit_flags", c0 + b, fm[b], run_id=run_id)
+                tile_flags[c0 + b] = [fm[b, y0:y1, x0:x1].any() for y0, y1, x0, x1 in (t.core for t in out.plan)]
+        else:
+            tile_flags[c0:c1, :] = res.flagged.cpu().numpy()[:, None]  # one tile per frame = the frame test
         for b in range(c1 - c0):
             _write_frame(out, c0 + b, res, b, tile_flags[c0 + b])
         results.append(res)

@@ -105,6 +105,7 @@ def summary_markdown(result: AuditResult, unc: UncertaintyResult | None = None) 
     else:
         lines.append("- region test: not available (global operator or unrelated grids) — tile test only")
     chi = _np(result.chi2_nu)
+    chi = chi[np.isfinite(chi)] if np.isfinite(chi).any() else np.full(1, np.nan)  # NaN: not audited (dof 0)
     lines.append(f"- χ²_ν: median {np.median(chi):.4f}, range {chi.min():.4f} – {chi.max():.4f}; "
                  f"values well below 1 mean the reconstruction fits the noise")
     if unc is not None:
@@ -124,9 +125,13 @@ def _chi2_figure(result: AuditResult, path: Path) -> None:
     has_regions = result.region_p is not None
     fig = Figure(figsize=(10 if has_regions else 5.5, 3.8))
     ax = fig.add_subplot(1, 2 if has_regions else 1, 1)
-    chi = _np(result.chi2_nu)
-    m = result.dof.clamp_min(1)
-    sd = _np(result.stat_std / m)
+    keep = np.flatnonzero(np.isfinite(_np(result.chi2_nu)))  # samples with no observed entry are not audited
+    if not len(keep):
+        ax.text(0.5, 0.5, "no sample has observed entries", ha="center", va="center")
+        return _save(fig, path)
+    chi = _np(result.chi2_nu)[keep]
+    m = result.dof.clamp_min(1)[keep]
+    sd = _np(result.stat_std[keep] / m)
     lo = min(chi.min(), 1 - 5 * sd.max())
     hi = max(chi.max(), 1 + 5 * sd.max())
     bins = max(10, min(60, int(math.sqrt(len(chi))) * 2))
@@ -137,7 +142,8 @@ def _chi2_figure(result: AuditResult, path: Path) -> None:
     dens = torch.zeros_like(grid)
     for b in range(len(chi)):
         mb = float(m[b])
-        dens += mb * scaled_chi2_pdf(grid * mb, result.stat_mean[b], result.stat_std[b] ** 2, result.stat_k3[b])
+        i = keep[b]
+        dens += mb * scaled_chi2_pdf(grid * mb, result.stat_mean[i], result.stat_std[i] ** 2, result.stat_k3[i])
     ax.plot(_np(grid), _np(dens / len(chi)), "k-", lw=1.5, label="expected under the noise model")
     ax.axvline(1.0, color="gray", ls=":", lw=1)
     ax.set_xlabel("χ²_ν per sample")

@@ -52,9 +52,10 @@ def check_operator(name: str, params: dict) -> None:
     """Each ``operator.params`` keyword must be one the operator takes, with a value of its type."""
     import operators
     from operators.base import _REGISTRY
+    from operators.volume import VOLUME_OPERATORS
 
     operators.available()  # loads plug-ins
-    factory = _REGISTRY[name]
+    factory = _REGISTRY[name] if name in _REGISTRY else VOLUME_OPERATORS[name]
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
@@ -97,12 +98,33 @@ def check_solver(config: dict, prior) -> Any:
     from .params import SOLVER_NAMES
 
     cls = getattr(ddiff, SOLVER_NAMES[config["solver"]])
-    known = [k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "prior")]
+    known = []
+    for c in cls.__mro__:  # a constructor taking **kwargs passes them on to its base class's
+        sig = inspect.signature(c.__init__).parameters
+        known += [k for k, v in sig.items() if k not in ("self", "prior", *known) and v.kind is not v.VAR_KEYWORD]
+        if not any(v.kind is v.VAR_KEYWORD for v in sig.values()):
+            break
     bad = [k for k in config["hyperparameters"] if k not in known]
     if bad:
         raise ValueError(f"solver {config['solver']!r} has no setting {bad[0]!r} (solver.hyperparameters "
                          f"{bad[0]}=...); its settings: {', '.join(known)}")
     return T.make_solver(config, prior)
+
+
+def checked_prior(p, config: dict, channels: int, what: str):
+    """The run's prior, loaded (cached per process) and checked: the checkpoint loads, it models
+    ``channels``-channel images, and the solver accepts ``config``'s settings. ``what`` ends the
+    channel message's subject (e.g. ``"the input in.zarr has"``)."""
+    from . import tiles as T
+
+    try:
+        prior = T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _prior_error(p.prior, exc) from None
+    if int(prior.channels) != int(channels):
+        raise ValueError(f"prior={p.prior!r} models {prior.channels}-channel images but {what} {channels} channel(s)")
+    check_solver(config, prior)
+    return prior
 
 
 @dataclass
@@ -130,6 +152,10 @@ def check_reconstruct(p) -> Prepared:
         from .frames import check_frames
 
         return check_frames(p)
+    from .bricks import check_volume, is_volume_run
+
+    if is_volume_run(p):  # z-stacks solved as bricks (flows.volumes)
+        return check_volume(p)
     check_operator(p.operator.name, p.operator.params)
     stack = storage.open_stack(p.input_store)
     try:  # run_config also resolves the noise model (estimating what is left out) and checks it against the data

@@ -114,6 +114,10 @@ def cmd_audit(a) -> int:
                                              window=a.window))
     _console().print(f"[green]audit[/green] report {r['report']}; frames flagged {r['frames_flagged']}; "
                      f"tiles flagged {len(r['tiles_flagged'])}")
+    if r.get("volume"):  # z-stacks: the 3-D re-measurement per plane and per brick (audit_volume/)
+        v = r["volume"]
+        _console().print(f"volume: per-plane χ²_ν {v['planes']} (None: within halo_z of the stack's ends, not "
+                         f"audited); bricks flagged {len(v['bricks_flagged'])} of {v['bricks']} {v['bricks_flagged'][:20]}")
     return 0
 
 

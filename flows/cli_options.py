@@ -21,7 +21,8 @@ def _reconstruct_params(a) -> "flows.ReconstructParams":  # noqa: F821
         input_store=a.input, output_store=a.output,
         operator={"name": a.operator, "params": _kv(a.op_param, "--op-param")},
         noise=_noise_options(a), prior=a.prior, solver=solver,
-        tile=a.tile, overlap=a.overlap, seed=a.seed, execution=execution, overwrite=a.overwrite)
+        tile=a.tile, overlap=a.overlap, seed=a.seed, execution=execution, overwrite=a.overwrite,
+        **{k: getattr(a, k) for k in ("brick_z", "overlap_z") if getattr(a, k, None) is not None})
 
 
 def _noise_options(a) -> dict:
@@ -50,11 +51,12 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
     g.add_argument("--prior", default="default", help="embedded prior 'default' (= 'default-v2'; 'default-v1' the "
                    "first one) or a .safetensors/.pt checkpoint")
     g.add_argument("--solver", default="ddiff", choices=["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps",
-                                                          "diffpir", "daps"],
+                                                          "diffpir", "daps", "volume_ddiff", "volume_diffpnp_admm"],
                    help="ddiff (default); its ablations ddiff_hqs (no dual variable), diffpnp_admm / diffpnp_hqs "
                         "(no noising step) — each with the settings --hp chooses (auto, or the paper's a/b step-down "
                         "with --hp paper; the benchmark's reference constant step is only a --set override there); "
-                        "baselines dps, diffpir, daps at their reference settings")
+                        "baselines dps, diffpir, daps at their reference settings; volume_ddiff: a z-stack solved "
+                        "as bricks with a through-plane coupling (the solver of --operator widefield3d)")
     g.add_argument("--steps", type=int, default=None,
                    help="diffusion steps = network calls per tile (default: 100; with --hp paper the paper's 1000)")
     g.add_argument("--hp", action="append", metavar="K=V",
@@ -70,6 +72,10 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
                                                       "tiling (about 1.6x the work)" if demo else ""))
     t.add_argument("--overlap", type=int, default=16 if not demo else 8, help="blend overlap per side (pixels)")
     t.add_argument("--batch-size", type=int, default=4, help="tiles per network call")
+    if not demo:
+        t.add_argument("--brick-z", type=int, default=None, help="volumes: planes per brick core (default 16)")
+        t.add_argument("--overlap-z", type=int, default=None, help="volumes: planes beyond its core a brick also "
+                       "fits (default: twice the operator's axial halo)")
     t.add_argument("--workers", type=int, default=1, help="concurrent batch tasks (thread pool size)")
     t.add_argument("--threads", type=int, default=None, help="torch threads per task")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")

@@ -194,19 +194,12 @@ def frame_chi2_flags(out: storage.OutputStore, alpha: float = 0.01) -> list[tupl
 def check_frames(p: ReconstructParams):
     """:func:`flows.checks.check_reconstruct` for a measurement store: everything that can fail before
     the first frame, checked without writing; returns :class:`flows.checks.Prepared` (``geo`` None)."""
-    from .checks import Prepared, _prior_error, check_solver
+    from .checks import Prepared, checked_prior
 
     stack = storage.open_stack(p.input_store)
     meas = storage.measurement_of(stack)
     config, prior_sha = frame_config(p, stack, meas)
-    try:
-        prior = T.load_prior_cached(config["prior_path"], p.execution.device, p.execution.dtype)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise _prior_error(p.prior, exc) from None
-    if int(prior.channels) != stack.shape[1]:
-        raise ValueError(f"prior={p.prior!r} models {prior.channels}-channel images but the measurements in "
-                         f"{p.input_store} have {stack.shape[1]} channel(s)")
-    check_solver(config, prior)
+    prior = checked_prior(p, config, stack.shape[1], f"the measurements in {p.input_store} have")
     action, _ = storage.output_action(p.output_store, stack, storage.TilePlan(stack.frame_shape, halo=None), config,
                                       prior_sha256=prior_sha, overwrite=p.overwrite, replace_unused=True,
                                       frames=storage.frame_spec(meas))

@@ -21,7 +21,9 @@ __all__ = ["OperatorSpec", "NoiseSpec", "SolverSpec", "ExecutionSpec", "IngestPa
 
 #: solver name -> class name in ``ddiff``
 SOLVER_NAMES = {"ddiff": "DDiff", "ddiff_hqs": "DDiffHQS", "diffpnp_admm": "DiffPnPADMM",
-                "diffpnp_hqs": "DiffPnPHQS", "dps": "DPS", "diffpir": "DiffPIR", "daps": "DAPS"}
+                "diffpnp_hqs": "DiffPnPHQS", "dps": "DPS", "diffpir": "DiffPIR", "daps": "DAPS",
+                # volumes (z-stacks solved as bricks, flows.volumes): DDiff with a through-plane coupling block
+                "volume_ddiff": "VolumeDDiff", "volume_diffpnp_admm": "VolumeDiffPnPADMM"}
 #: the paper's eight tasks (operator names) with DDiff.paper(...) hyperparameters
 PAPER_TASKS = ("super_resolution", "inpainting_box", "inpainting_random", "gaussian_blur", "motion_blur",
                "phase_retrieval", "nonlinear_blur", "hdr")
@@ -44,7 +46,8 @@ class _Model(BaseModel):
 class OperatorSpec(_Model):
     """Forward model ``A``: a registered name (``operators.available()``) and its keywords."""
 
-    name: str = Field("gaussian_blur", description="registered operator name, e.g. gaussian_blur")
+    name: str = Field("gaussian_blur", description="registered operator name, e.g. gaussian_blur, or a volume "
+                                                   "operator (widefield3d: z-stacks solved as bricks)")
     params: dict[str, Any] = Field(default_factory=dict, description="operator keywords, e.g. {'std': 3.0}")
 
     @field_validator("name")
@@ -52,8 +55,9 @@ class OperatorSpec(_Model):
     def _known(cls, v: str) -> str:
         import operators
 
-        if v not in operators.available():
-            raise ValueError(f"unknown operator {v!r}; available: {', '.join(operators.available())}")
+        if v not in operators.available() and v not in operators.volume_operators():
+            raise ValueError(f"unknown operator {v!r}; available: {', '.join(operators.available())}; "
+                             f"volumes: {', '.join(operators.volume_operators())}")
         return v
 
 
@@ -126,9 +130,12 @@ class SolverSpec(_Model):
     steps and σ_y = 0.05 (``task`` defaults to the operator name when it is one of the paper's
     eight). ``steps`` and ``hyperparameters`` override either."""
 
-    name: Literal["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps", "diffpir", "daps"] = Field(
+    name: Literal["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps", "diffpir", "daps", "volume_ddiff",
+                  "volume_diffpnp_admm"] = Field(
         "ddiff", description="ddiff; ablations ddiff_hqs (no dual variable), diffpnp_admm / diffpnp_hqs (no noising "
-                             "step), each with `settings`; baselines dps, diffpir, daps (reference settings)")
+                             "step), each with `settings`; baselines dps, diffpir, daps (reference settings); "
+                             "volume_ddiff / volume_diffpnp_admm: z-stacks solved as bricks with a through-plane "
+                             "coupling (chosen for ddiff / diffpnp_admm when the operator is a volume operator)")
     settings: Literal["auto", "paper"] = Field(
         "auto", description="auto: step sizes chosen from the measurements (discrepancy principle); "
                             "paper: the paper's per-task values")
@@ -250,6 +257,10 @@ class ReconstructParams(_Model):
     tile: int = Field(256, ge=8, description="tile core size (pixels of the input grid)")
     overlap: int = Field(16, ge=0, description="blend overlap on each side (pixels)")
     seed: int = Field(0, ge=0, description="base seed; each tile uses its own generator from (seed, frame, tile)")
+    brick_z: int = Field(16, ge=1, description="volumes: planes per brick core (each brick also reads the "
+                                               "operator's halo_z planes on both sides)")
+    overlap_z: Optional[int] = Field(None, ge=0, description="volumes: planes beyond its core whose measurements a "
+                                     "brick also fits (None: twice the operator's halo_z, at least 1)")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     overwrite: bool = Field(False, description="replace an output written with a different configuration")
     artifacts: bool = Field(True, description="publish progress/summary artifacts")
@@ -299,7 +310,8 @@ class TrainParams(_Model):
 
 #: the benchmark's solvers: the seven diffusion solvers (DDiff twice: ``ddiff`` with the paper's values,
 #: ``ddiff_auto`` self-calibrated) and the TV-regularized classical baseline
-_BENCH_SOLVERS = ("ddiff", "ddiff_auto", *[n for n in SOLVER_NAMES if n != "ddiff"], "tv")
+_BENCH_SOLVERS = ("ddiff", "ddiff_auto", *[n for n in SOLVER_NAMES if n != "ddiff" and not n.startswith("volume_")],
+                  "tv")  # the paper's protocol is 2-D: the volume solvers are benchmarked by benchmarks/volume*.py
 #: the benchmark's presets (``ddiff bench --preset``); any field given explicitly overrides them.
 #: ``cpu`` is sized to finish in under 30 minutes on a 2-core CPU with the embedded prior.
 BENCH_PRESETS: dict[str, dict[str, Any]] = {

@@ -36,6 +36,7 @@ from .batches import Tally, batch_run_name, cut_for_testing, in_flight, retryabl
 from .checks import check_reconstruct
 from .noise import noise_model, resolve_noise, sample_frames
 from .params import ReconstructParams
+from .volumes import volume_stage
 from .ui import (abspath, artifact_key, batch_label, ensure_gpu_limit, flow_run_namer, is_control_signal, run_tags,
                  tag_this_run)
 
@@ -218,7 +219,8 @@ def _reconstruct(p: ReconstructParams, state: dict) -> dict:
         total = out.n_frames * out.plan.n_tiles
         already = out.ledger.count("solved")
         logger.info("%s: %d frames × %d tiles, %d already solved", out.path, out.n_frames, out.plan.n_tiles, already)
-        stage = run_stage(solve_stage, p, out, lock.run_id, already, total, "tiles", state)
+        stage = run_stage(volume_stage if "volume" in config else solve_stage,  # z-stacks: bricks (flows.volumes)
+                          p, out, lock.run_id, already, total, "tiles", state)
         futs = [assemble_frame.submit(str(out.path), t, lock.run_id) for t in range(out.n_frames)]
         for f in futs:
             f.result()

@@ -45,10 +45,11 @@ def frame_fit_rows(output_store) -> list[dict]:
     out = storage.open_output(output_store)
     tile_chi = np.asarray(out.open_diagnostics()["chi2_nu"].values, dtype=np.float64)
     rows, step = [], frames_per_chunk(out)
-    ra = None if storage.is_frame_output(out) else RegionAudit(out, storage.open_input(out))
+    whole = storage.is_frame_output(out) or "volume" in out.manifest["config"]  # z-stacks: whole volumes
+    ra = None if whole else RegionAudit(out, storage.open_input(out))
     for c0 in range(0, out.n_frames, step):
         c1 = min(out.n_frames, c0 + step)
-        # tiled outputs: block by block (no frame in memory); whole-frame outputs: a chunk of frames
+        # tiled outputs: block by block (no frame in memory); whole-frame outputs and volumes: a chunk of frames
         res = ra.result([ra.frame(t) for t in range(c0, c1)]) if ra is not None else audit_frames(out.path, c0, c1)[0]
         for t, r in zip(range(c0, c1), frame_rows(res)):
             tc = tile_chi[t]
@@ -87,6 +88,9 @@ def resume_command(p) -> list[str]:
     ex = p.execution
     args += ["--tile", str(p.tile), "--overlap", str(p.overlap), "--seed", str(p.seed), "--batch-size",
              str(ex.batch_size), "--dtype", ex.dtype, "--device", ex.device]
+    for name in ("brick_z", "overlap_z"):  # volumes: the z plan is part of the configuration
+        if getattr(p, name) != type(p).model_fields[name].default:
+            args += ["--" + name.replace("_", "-"), str(getattr(p, name))]
     cmds = [shlex.join(args)]
     line = deployment_run_command()
     if line:

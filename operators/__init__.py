@@ -2,8 +2,8 @@
 
 Room: ``operators`` — torch and numpy only. See ``operators.base`` for the protocol.
 Importing the package registers the built-in operators (``available()`` lists them). The volume
-operators (``(B, C, Z, H, W)``, ``operators.volume``) are exported but not registered: the registry
-holds 2-D frame operators.
+operators (``(B, C, Z, H, W)``, ``operators.volume``) have a registry of their own
+(``volume_operators()``, ``get_volume_operator``): the main registry holds 2-D frame operators.
 """
 from .base import ForwardModel, available, check_image, get_operator, register
 from .noise import GaussianNoise, NoiseModel, PoissonGaussianNoise, PoissonNoise
@@ -18,7 +18,7 @@ from .resize import SuperResolution
 from .ct import CTParallelBeam
 from .psf import AstroPSF, MicroscopyWidefield, airy_psf, gaussian_psf, moffat_psf
 from .psf3d import defocus_intensity, widefield_psf_3d
-from .volume import CTStack, SliceWise, VolumeBlur, Widefield3D
+from .volume import CTStack, SliceWise, VolumeBlur, Widefield3D, get_volume_operator, volume_operators
 from .bkse import KernelWizard, MissingWeightsError, NonlinearBlur
 from .adapters import DeepInvPhysics, from_deepinv
 
@@ -62,6 +62,8 @@ __all__ = [
     "Widefield3D",
     "SliceWise",
     "CTStack",
+    "get_volume_operator",
+    "volume_operators",
     "KernelWizard",
     "MissingWeightsError",
     "NonlinearBlur",

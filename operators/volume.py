@@ -29,7 +29,8 @@ from .blur import KernelBlur, _AdjointFn, _LinearFn
 from .ct import CTParallelBeam
 from .psf3d import DEFOCUS_MODELS, widefield_psf_3d
 
-__all__ = ["check_volume", "VolumeBlur", "Widefield3D", "SliceWise", "CTStack", "to_slices", "from_slices"]
+__all__ = ["check_volume", "VolumeBlur", "Widefield3D", "SliceWise", "CTStack", "to_slices", "from_slices",
+           "VOLUME_OPERATORS", "volume_operators", "get_volume_operator"]
 
 
 def check_volume(x: torch.Tensor, who: str = "volume operator") -> None:
@@ -199,3 +200,20 @@ class CTStack(SliceWise):
     def __init__(self, angles=60, n_detectors: int | None = None, image_size: int | None = None):
         kw = {} if image_size is None else {"image_size": int(image_size)}
         super().__init__(CTParallelBeam(angles, n_detectors), **kw)
+
+
+#: volume operators by the name a run selects (``--operator widefield3d``); kept apart from the 2-D
+#: registry (``operators.available()``), whose operators take ``(B, C, H, W)`` frames
+VOLUME_OPERATORS = {"widefield3d": Widefield3D}
+
+
+def volume_operators() -> list[str]:
+    """Sorted names of the volume operators a run can select."""
+    return sorted(VOLUME_OPERATORS)
+
+
+def get_volume_operator(name: str, **params) -> nn.Module:
+    """Build the volume operator registered as ``name`` (:data:`VOLUME_OPERATORS`) with ``params``."""
+    if name not in VOLUME_OPERATORS:
+        raise ValueError(f"unknown volume operator {name!r}; available: {', '.join(volume_operators())}")
+    return VOLUME_OPERATORS[name](**params)

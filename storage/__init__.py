@@ -17,6 +17,8 @@ Public surface (see each module's docstring for its contract):
   :func:`write_audit_frame`, :func:`write_audit_block`, :func:`finish_audit` (the ``audit/`` dataset) — ``storage.audit``;
 * :func:`measurement_of`, :func:`create_frame_output`, :func:`write_frame_result` — ``storage.frames``
   (measurement stores and whole-frame outputs of global operators);
+* :class:`~storage.bricks.ZPlan`, :func:`~storage.bricks.read_brick` — ``storage.bricks`` (z-stacks
+  solved as bricks: a tile × a chunk of planes with its axial context);
 * :class:`RunLock`, :func:`safe_subpath`, :func:`file_sha256` and the errors — ``storage.safety``.
 
 Tasks pass descriptors (store paths, frame and tile indices, a JSON config), never arrays.
