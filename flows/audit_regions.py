@@ -127,9 +127,8 @@ class RegionAudit:
         stats = tuple(t[..., cut[0], cut[1]] for t in stats)
         return stats, obs[..., cut[0], cut[1]], (y0 - ky0, x0 - kx0)
 
-    def _maps(self, stats, off, shape, sliding: bool):
-        """Channel-summed window sums of ``stats`` for the block at ``off`` of size ``shape``."""
-        maps = [t.sum(1) for t in stats]
+    def _maps(self, maps, off, shape, sliding: bool):
+        """Window sums of the channel-summed ``maps`` for the block at ``off`` of size ``shape``."""
         oy, ox = off
         h, w = shape
         if sliding:
@@ -150,11 +149,12 @@ class RegionAudit:
             inner = [t[..., oy:oy + y1 - y0, ox:ox + x1 - x0] for t in stats]
             S, E, V, K3 = (acc + float(t.sum()) for acc, t in zip((S, E, V, K3), inner))
             m += int(obs[..., oy:oy + y1 - y0, ox:ox + x1 - x0].sum())
-            Sc, Ec, Vc, K3c = self._maps(stats, off, (y1 - y0, x1 - x0), sliding=False)
+            maps = [t.sum(1) for t in stats]  # sum channels: (1, h, w)
+            Sc, Ec, Vc, K3c = self._maps(maps, off, (y1 - y0, x1 - x0), sliding=False)
             pc = torch.where(Ec > 0, scaled_chi2_sf(Sc, Ec, Vc, K3c), torch.full_like(Sc, float("nan")))
             cell_p[y0 // self.wm:y0 // self.wm + pc.shape[-2], x0 // self.wm:x0 // self.wm + pc.shape[-1]] = pc[0].numpy()
             if on_window_p is not None:
-                Sw, Ew, Vw, K3w = self._maps(stats, off, (y1 - y0, x1 - x0), sliding=True)
+                Sw, Ew, Vw, K3w = self._maps(maps, off, (y1 - y0, x1 - x0), sliding=True)
                 pw = torch.where(Ew > 0, scaled_chi2_sf(Sw, Ew, Vw, K3w), torch.full_like(Sw, float("nan")))
                 on_window_p(y0 * self.f, x0 * self.f, self._to_image(pw[0].numpy()))
         fa = FrameAudit(S, E, V, K3, float(m), cell_p)
