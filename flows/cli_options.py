@@ -48,8 +48,8 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
         g.add_argument("--gain", type=float, default=None, help="camera conversion gain, e⁻ per ADU")
         g.add_argument("--offset", type=float, default=None, help="camera black level (bias), ADU")
         g.add_argument("--read-noise", type=float, default=None, help="camera read noise, e⁻ RMS")
-    g.add_argument("--prior", default="default", help="embedded prior 'default' (= 'default-v2'; 'default-v1' the "
-                   "first one) or a .safetensors/.pt checkpoint")
+    g.add_argument("--prior", default="default", help="embedded prior 'default' (= 'default-v2'; also 'default-v1', 'default-v3'; "
+                   "ddiff/priors/weights/MODEL_CARD.md) or a .safetensors/.pt checkpoint")
     g.add_argument("--solver", default="ddiff", choices=["ddiff", "ddiff_hqs", "diffpnp_admm", "diffpnp_hqs", "dps",
                                                           "diffpir", "daps", "volume_ddiff", "volume_diffpnp_admm"],
                    help="ddiff (default); its ablations ddiff_hqs (no dual variable), diffpnp_admm / diffpnp_hqs "

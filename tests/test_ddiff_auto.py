@@ -218,13 +218,17 @@ def test_flows_build_the_seed_mean_when_asked():
         SolverSpec(seeds=0)
 
 
-def test_default_is_stage_two_and_v1_stays_loadable_by_name():
+def test_default_is_stage_two_and_other_stages_stay_loadable_by_name():
     from ddiff.priors import load_prior
     from ddiff.priors.loading import NAMED_WEIGHTS
 
-    v1, v2 = load_prior("default-v1"), load_prior("default")
-    assert NAMED_WEIGHTS["default"] == NAMED_WEIGHTS["default-v2"] != NAMED_WEIGHTS["default-v1"]
-    w1 = dict(v1.net.named_parameters()) if hasattr(v1, "net") else dict(v1.named_parameters())
-    w2 = dict(v2.net.named_parameters()) if hasattr(v2, "net") else dict(v2.named_parameters())
-    assert w1.keys() == w2.keys()
-    assert any(not torch.equal(w1[k], w2[k]) for k in w1)  # different weights, same network
+    assert NAMED_WEIGHTS["default"] == NAMED_WEIGHTS["default-v2"]
+    assert len({NAMED_WEIGHTS[n] for n in ("default-v1", "default-v2", "default-v3")}) == 3
+    weights = []
+    for name in ("default-v1", "default", "default-v3"):
+        p = load_prior(name)
+        weights.append(dict(p.net.named_parameters()) if hasattr(p, "net") else dict(p.named_parameters()))
+    for w in weights[1:]:
+        assert w.keys() == weights[0].keys()  # the same network
+    for a, b in ((0, 1), (1, 2)):  # different weights at every stage
+        assert any(not torch.equal(weights[a][k], weights[b][k]) for k in weights[a])
