@@ -247,8 +247,7 @@ def solve_brick_batch(desc: dict) -> dict:
     with torch.no_grad():
         Ax = A(x)
     V_np, y_np, Ax_np, x = V.cpu().numpy(), y.cpu().numpy(), Ax.cpu().numpy(), x.cpu().numpy()
-    # the residual map in the data's units (ADU), as the tiled path's
-    resid = np.where(V_np, (y_np - Ax_np).astype(np.float64) / out.intensity.scale, np.nan).astype(np.float32)
+    resid = T.data_residual(y_np, Ax_np, V_np, out.intensity.scale)
     done = {(int(a), int(b)) for a, b in desc.get("done", [])}
     n_items = sum(len(b.frames) for b in reads)
     written, chis, fail_after = 0, [], desc.get("fail_after")
@@ -259,21 +258,13 @@ def solve_brick_batch(desc: dict) -> dict:
             if (frame, k) in done:  # written by an earlier (interrupted) run: same brick, same bytes
                 continue
             zi = zplan.offset(j) + dz  # the plane's index in the brick's read planes
-            vb = V_np[i, :, zi, iy, ix]
-            yb = torch.from_numpy(y_np[i, :, zi, iy, ix][vb])[None]
-            Axb = torch.from_numpy(Ax_np[i, :, zi, iy, ix][vb])[None]
-            rb = resid[i, :, zi, iy, ix][vb].astype(np.float64)
-            m = int(vb.sum())
-            with torch.no_grad():
-                chi = float(noise.discrepancy(yb, Axb)[0]) / m if m else float("nan")
-                nll = float(noise.nll(yb, Axb)[0]) if m else 0.0
-            diag = {"chi2_nu": chi, "nll": nll, "dof": float(m), "residual_norm": float(np.linalg.norm(rb)),
-                    "residual_rms": float(np.sqrt(np.mean(rb ** 2))) if m else float("nan"),
-                    "nfe": int(res.nfe), "seconds": float(res.seconds) / n_items}
+            diag = T.window_diagnostics(noise, y_np[i, :, zi, iy, ix], Ax_np[i, :, zi, iy, ix],
+                                        resid[i, :, zi, iy, ix], V_np[i, :, zi, iy, ix], res.nfe,
+                                        float(res.seconds) / n_items)
             storage.write_tile_result(out, frame, k, x[i, :, zi, :rh, :rw], diag, resid[i, :, zi, :rh, :rw],
                                       run_id=desc["run_id"])
             written += 1
-            chis.append(chi)
+            chis.append(diag["chi2_nu"])
             if fail_after is not None and written >= int(fail_after):
                 raise T.InjectedFailure(f"fail_after_tiles: interrupted deliberately after {written} plane-tile(s) "
                                         f"of bricks {bricks}")

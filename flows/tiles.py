@@ -233,6 +233,29 @@ def seed_spread(res, A, noise, y: torch.Tensor) -> np.ndarray | None:
     return torch.stack([u.spread, ms.to(u.spread), u.prior_filled.to(u.spread)], 1).float().cpu().numpy()
 
 
+def data_residual(y: np.ndarray, Ax: np.ndarray, valid: np.ndarray, scale: float) -> np.ndarray:
+    """The residual map ``y − A x̂`` in the data's units (ADU: the model-space residual / the intensity
+    map's ``scale``), NaN where the measurement is invalid; float32, any shape."""
+    return np.where(valid, (y - Ax).astype(np.float64) / scale, np.nan).astype(np.float32)
+
+
+def window_diagnostics(noise, y: np.ndarray, Ax: np.ndarray, resid: np.ndarray, valid: np.ndarray, nfe: int,
+                       seconds: float) -> dict:
+    """The diagnostics of one blend window (a tile's, or a brick plane's): ``chi2_nu = D(y, A x̂)/m``
+    (‖r‖²/(mσ²); Pearson for counts), ``nll``, ``dof = m`` (valid entries), the residual's norm and RMS in
+    data units (``resid`` from :func:`data_residual`), ``nfe`` and ``seconds``; arrays cut to the window."""
+    yb = torch.from_numpy(y[valid])[None]  # the valid entries of the window
+    Axb = torch.from_numpy(Ax[valid])[None]
+    rb = resid[valid].astype(np.float64)
+    m = int(valid.sum())
+    with torch.no_grad():
+        chi = float(noise.discrepancy(yb, Axb)[0]) / m if m else float("nan")
+        nll = float(noise.nll(yb, Axb)[0]) if m else 0.0
+    return {"chi2_nu": chi, "nll": nll, "dof": float(m), "residual_norm": float(np.linalg.norm(rb)),
+            "residual_rms": float(np.sqrt(np.mean(rb ** 2))) if m else float("nan"), "nfe": int(nfe),
+            "seconds": float(seconds)}
+
+
 def solve_batch(desc: dict) -> dict:
     """Solve and write one batch of tiles (see module docstring). Returns a small summary dict:
     ``{"tiles", "written", "seconds" (solver wall time), "nfe", "chi2_nu" (list), "pid", "threads"
@@ -288,11 +311,10 @@ def solve_batch(desc: dict) -> dict:
     with torch.no_grad():
         Ax = A(x)
     V_np = V.cpu().numpy()
-    # the residual map in the data's units (ADU: model-space residual / the intensity map's scale)
-    resid = np.where(V_np, (y - Ax).cpu().numpy().astype(np.float64) / out.intensity.scale, np.nan).astype(np.float32)
-    x = x.cpu().numpy()
     y_np = y.cpu().numpy()
     Ax_np = Ax.cpu().numpy()
+    resid = data_residual(y_np, Ax_np, V_np, out.intensity.scale)
+    x = x.cpu().numpy()
     written, chis = 0, []
     fail_after = desc.get("fail_after")
     done = {(int(a), int(b)) for a, b in desc.get("done", [])}
@@ -301,21 +323,12 @@ def solve_batch(desc: dict) -> dict:
             continue
         rh, rw = tile.read_shape
         iy, ix = tile.inner  # blend window on the input grid
-        vb = V_np[i, :, iy, ix]
-        yb = torch.from_numpy(y_np[i, :, iy, ix][vb])[None]  # the valid entries of the blend window
-        Axb = torch.from_numpy(Ax_np[i, :, iy, ix][vb])[None]
-        rb = resid[i, :, iy, ix][vb].astype(np.float64)
-        m = int(vb.sum())
-        with torch.no_grad():
-            chi = float(noise.discrepancy(yb, Axb)[0]) / max(m, 1) if m else float("nan")  # ‖r‖²/(mσ²); Pearson for counts
-            nll = float(noise.nll(yb, Axb)[0]) if m else 0.0
-        diag = {"chi2_nu": chi, "nll": nll, "dof": float(m),
-                "residual_norm": float(np.linalg.norm(rb)), "residual_rms": float(np.sqrt(np.mean(rb**2))) if m else float("nan"),
-                "nfe": int(res.nfe), "seconds": float(res.seconds) / len(items)}
+        diag = window_diagnostics(noise, y_np[i, :, iy, ix], Ax_np[i, :, iy, ix], resid[i, :, iy, ix],
+                                  V_np[i, :, iy, ix], res.nfe, float(res.seconds) / len(items))
         storage.write_tile_result(out, frame, k, x[i, :, : rh * f, : rw * f], diag, resid[i, :, :rh, :rw],
                                   run_id=desc["run_id"], uncertainty=None if unc is None else unc[i, :, : rh * f, : rw * f])
         written += 1
-        chis.append(chi)
+        chis.append(diag["chi2_nu"])
         if fail_after is not None and written >= int(fail_after):
             raise InjectedFailure(f"fail_after_tiles: interrupted deliberately after {written} tile(s) of batch {items}")
     return {"tiles": len(items), "written": written, "seconds": float(res.seconds), "nfe": int(res.nfe),
