@@ -218,6 +218,19 @@ def _image_stack(tmp_path, name: str, y_model: np.ndarray):
     return store
 
 
+def _solve_image_stack(tmp_path, name: str, y_model: np.ndarray, operator: dict, sigma_model: float, tile: int,
+                       overlap: int):
+    """Ingest ``y_model`` (:func:`_image_stack`) and reconstruct it on the tiled path with DDiff (auto,
+    STEPS) and Gaussian noise ``sigma_model`` (given in data units: physical [0, 1] is half of model space).
+    Returns ``(params, x̂ in model space)``."""
+    store = _image_stack(tmp_path, name, y_model)
+    p = flows.ReconstructParams(input_store=str(store), output_store=str(tmp_path / f"{name}_out.zarr"),
+                                operator=operator, noise={"kind": "gaussian", "sigma": sigma_model / 2},
+                                solver={"steps": STEPS}, tile=tile, overlap=overlap, execution=EXEC, artifacts=False)
+    flows.reconstruct_stack(p)
+    return p, 2 * _recon(p.output_store) - 1
+
+
 @pytest.mark.slow
 def test_super_resolution_stack_tiles_beats_bicubic_with_regional_audit(prefect_harness, tmp_path):
     from skimage.transform import resize
@@ -226,15 +239,10 @@ def test_super_resolution_stack_tiles_beats_bicubic_with_regional_audit(prefect_
     A = operators.get_operator("super_resolution", scale=2)
     sigma = 0.05
     y = (A(torch.from_numpy(truth)) + sigma * torch.randn(2, 1, 24, 24, generator=torch.Generator().manual_seed(0)))
-    store = _image_stack(tmp_path, "lowres", y.numpy())
-    p = flows.ReconstructParams(input_store=str(store), output_store=str(tmp_path / "sr.zarr"),
-                                operator={"name": "super_resolution", "params": {"scale": 2}},
-                                noise={"kind": "gaussian", "sigma": sigma / 2},  # data units: physical [0, 1]
-                                solver={"steps": STEPS}, tile=12, overlap=3, execution=EXEC, artifacts=False)
-    flows.reconstruct_stack(p)
+    p, x = _solve_image_stack(tmp_path, "lowres", y.numpy(), {"name": "super_resolution", "params": {"scale": 2}},
+                              sigma, tile=12, overlap=3)
     out = storage.open_output(p.output_store)
     assert out.plan.n_tiles == 4 and out.manifest["scale"] == 2
-    x = 2 * _recon(p.output_store) - 1
     bicubic = np.stack([resize(v[0], (48, 48), order=3) for v in y.numpy()])[:, None]
     gain = _psnr(x, truth, -1, 1) - _psnr(bicubic, truth, -1, 1)
     assert np.all(gain > 0.3), gain  # measured: +6.6 / +0.6 dB
@@ -258,13 +266,8 @@ def test_telescope_psf_stack_tiles_beats_richardson_lucy(prefect_harness, tmp_pa
     sigma = 0.02
     y = A(torch.from_numpy(truth.astype(np.float32))) + sigma * torch.randn(2, 1, 32, 32,
                                                                             generator=torch.Generator().manual_seed(0))
-    store = _image_stack(tmp_path, "sky", y.numpy())
-    p = flows.ReconstructParams(input_store=str(store), output_store=str(tmp_path / "sky_out.zarr"),
-                                operator={"name": "astro_psf", "params": {"fwhm": 3.0}},
-                                noise={"kind": "gaussian", "sigma": sigma / 2},  # data units: physical [0, 1]
-                                solver={"steps": STEPS}, tile=16, overlap=4, execution=EXEC, artifacts=False)
-    flows.reconstruct_stack(p)
-    x = 2 * _recon(p.output_store) - 1
+    p, x = _solve_image_stack(tmp_path, "sky", y.numpy(), {"name": "astro_psf", "params": {"fwhm": 3.0}}, sigma,
+                              tile=16, overlap=4)
     psf = A.kernel.numpy().squeeze()
     # the classical baseline at its best iteration count for this very data (an oracle choice)
     rl = max((np.stack([richardson_lucy(np.clip((v[0] + 1) / 2, 1e-6, None), psf, num_iter=it, clip=False)
