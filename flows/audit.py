@@ -264,9 +264,12 @@ def _prior_filled_label(out: storage.OutputStore, run_id: str) -> dict:
                                           "with --seeds K (K >= 2, K x the solver cost) for the seed spread and "
                                           "the prior-filled label"}
     filled = total = 0
+    if storage.is_frame_output(out):  # whole frames: one core, the image grid (the plan covers the measurements)
+        cores = [(0, int(out.manifest["image_shape"][0]), 0, int(out.manifest["image_shape"][1]))]
+    else:
+        cores = [tile.core for tile in out.out_plan]
     for t in range(out.n_frames):
-        for tile in out.out_plan:
-            y0, y1, x0, x1 = tile.core
+        for y0, y1, x0, x1 in cores:
             pf = storage.read_uncertainty(out, t, slice(y0, y1), slice(x0, x1))["prior_filled"] > 0.5
             storage.write_flag_label(out, "prior_filled", t, pf, run_id=run_id, origin=(y0, x0), pyramid=False)
             filled, total = filled + int(pf.sum()), total + pf.size

@@ -64,7 +64,7 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
                         "χ²_ν = 1), 'paper' (the paper's per-task values), or a key=value override; repeatable")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--seeds", type=int, default=1, metavar="K",
-                   help="solve each tile K times (K >= 2): the estimate is their mean, and the seed spread and "
+                   help="solve each tile (or whole frame) K times (K >= 2): the estimate is their mean, and the seed spread and "
                         "prior-filled maps are kept (recon.zarr/uncertainty, labels/prior_filled after the audit)")
     t = sp.add_argument_group("tiling and execution")
     t.add_argument("--tile", type=int, default=256 if not demo else 128,

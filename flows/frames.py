@@ -96,9 +96,10 @@ def solve_frame_batch(desc: dict) -> dict:
     noise = operators.GaussianNoise(mm.sigma_to_model(cfg["noise"]["sigma"]))
     gens = [torch.Generator(device=device if device != "mps" else "cpu").manual_seed(T.tile_seed(cfg["seed"], f, 0))
             for f in frames]
-    solver = T.make_solver(cfg, prior)
+    solver = T.make_solver(cfg, prior, keep_samples=True)
     with T._device_guard(device, desc.get("gpu_limit")):
         res = solver.solve(y, A, noise, generator=gens, x_shape=(len(frames), y.shape[1], A.Np, A.Mp))
+        unc = T.seed_spread(res, A, noise, y)  # (B, 3, Np, Mp) with seeds >= 2, else None
     x = res.x.float()[..., :N, :M].cpu()
     op = op.cpu()
     with torch.no_grad():
@@ -116,7 +117,8 @@ def solve_frame_batch(desc: dict) -> dict:
         diag = {"chi2_nu": chi, "nll": float(noise.nll(yi, Axi)[0]), "residual_norm": float(np.linalg.norm(fin)),
                 "residual_rms": float(np.sqrt(np.mean(fin ** 2))), "nfe": int(res.nfe),
                 "seconds": float(res.seconds) / len(frames)}
-        storage.write_frame_result(out, f, x[i].numpy(), diag, r, run_id=desc["run_id"])
+        storage.write_frame_result(out, f, x[i].numpy(), diag, r, run_id=desc["run_id"],
+                                   uncertainty=None if unc is None else unc[i, :, :N, :M])
         written += 1
         chis.append(chi)
         if fail_after is not None and written >= int(fail_after):

@@ -25,7 +25,8 @@ magnitude for complex data; NaN where nothing was measured) in the measurement's
 reconstruction ``0`` (and its pyramid) is on the image grid, one chunk per frame, written whole by
 :func:`write_frame_result` (deterministic bytes, so a resumed run equals an uninterrupted one),
 which marks the frame ``solved`` and ``assembled`` in the same ledger; :func:`storage.finalize`
-builds the pyramids and completes the store.
+builds the pyramids and completes the store. A ``seeds ≥ 2`` run also writes the frame's seed-spread
+maps into ``uncertainty/`` (:mod:`storage.uncertainty`) in the same call, on the image grid.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from .ingest import Stack, open_stack
 from .output import DIAG_SCALARS, OutputStore, _as_output, create_output
 from .safety import StorageError, require_lock
 from .tiling import TilePlan
+from .uncertainty import UNC_MAPS, keeps_seeds, write_uncertainty_core
 
 __all__ = ["measurement_of", "is_frame_output", "create_frame_output", "frame_spec", "write_frame_result", "read_extra"]
 
@@ -88,11 +90,13 @@ def frame_spec(meas: dict) -> dict:
 
 
 def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping, residual: np.ndarray, *,
-                       run_id: str | None = None) -> None:
+                       run_id: str | None = None, uncertainty: np.ndarray | None = None) -> None:
     """Write one solved frame: ``recon`` ``(C, N, M)`` model space (mapped to the image's physical
     units here), ``diagnostics`` (any of :data:`DIAG_SCALARS`), ``residual`` ``(C, h, w)`` float
-    on the measurement grid (measurement units, NaN where unmeasured); then mark the frame solved
-    and assembled. Every write is one whole chunk or region, so rewriting gives identical bytes."""
+    on the measurement grid (measurement units, NaN where unmeasured), and for a ``seeds ≥ 2`` run
+    ``uncertainty`` ``(3, N, M)`` (the maps of :data:`storage.UNC_MAPS`, spread in model units); then
+    mark the frame solved and assembled. Every write is one whole chunk or region, so rewriting gives
+    identical bytes."""
     out = _as_output(out)
     require_lock(out.path, run_id)
     frame = int(frame)
@@ -111,7 +115,16 @@ def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping,
     h, w = out.plan.frame_shape
     if r.shape != (C, h, w):
         raise StorageError(f"residual of frame {frame} has shape {r.shape}; expected {(C, h, w)}")
+    keeps = keeps_seeds(out.manifest)
+    if keeps != (uncertainty is not None):
+        raise StorageError(f"frame {frame}: the output {'keeps' if keeps else 'has no'} seed-spread maps; "
+                           f"uncertainty must be {'given' if keeps else 'None'}")
     out.recon(0, mode="w")[frame] = out.intensity.from_model(x)
+    if keeps:
+        u = np.asarray(uncertainty, dtype=np.float32)
+        if u.shape != (len(UNC_MAPS), N, M):
+            raise StorageError(f"uncertainty of frame {frame} has shape {u.shape}; expected {(len(UNC_MAPS), N, M)}")
+        write_uncertainty_core(out.group("r+"), out.layout, frame, slice(None), slice(None), u, out.intensity.scale)
     write_residual(out.path, frame, (0, h, 0, w), r)
     write_scalars(out.path, frame, 0, dict(diagnostics))
     sha = hashlib.sha256(x.tobytes()).hexdigest()

@@ -238,15 +238,16 @@ def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest:
         root.create_array(str(level), shape=ll.shape, dtype=f32, chunks=ll.chunks(cy, cx),
                           compressors=_compressors("blosc-zstd", f32), dimension_names=tuple(ll.axes),
                           fill_value=float("nan"))
-    if "image_shape" not in manifest:  # whole frames are written directly, tiles are staged then blended
+    tiled = "image_shape" not in manifest
+    if tiled:  # whole frames are written directly, tiles are staged then blended
         sy, sx = plan.scaled(scale).slot_shape
         staging = root.create_group("staging")
         staging.create_array("contrib", shape=(stack.n_frames, plan.n_tiles, C, sy, sx), dtype=f32,
                              chunks=(1, 1, C, sy, sx), compressors=_compressors("blosc-zstd", f32),
                              fill_value=float("nan"), dimension_names=("frame", "tile", "c", "y", "x"))
-        if keeps_seeds(manifest):  # --seeds K: the seed spread is staged and blended like the image
-            create_uncertainty(tmp, layout, (cy, cx), r["scale"], r["units"], plan.n_tiles, (sy, sx),
-                               _compressors("blosc-zstd", f32))
+    if keeps_seeds(manifest):  # --seeds K: the seed spread (tiles: staged and blended like the image)
+        create_uncertainty(tmp, layout, (cy, cx), r["scale"], r["units"], plan.n_tiles if tiled else None,
+                           (sy, sx) if tiled else None, _compressors("blosc-zstd", f32))
     cfg = manifest["config"]
     create_diagnostics(tmp, stack.layout, plan, stack.scale, stack.units, attrs={
         "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),

@@ -2,25 +2,27 @@
 
 Room: ``storage`` — zarr, xarray, dask, numpy; never torch/prefect/``ddiff``/``flows``.
 
-With ``config["seeds"] ≥ 2`` every tile is solved K times; the task runs
-:func:`ddiff.audit.uncertainty` on the K results and stages three maps per tile; assembly blends
-them with the image's weights, core by core, into the group ``uncertainty/`` of the output store,
-which is at once an xarray Dataset and a one-level OME-NGFF image::
+With ``config["seeds"] ≥ 2`` every tile (or whole frame) is solved K times; the task runs
+:func:`ddiff.audit.uncertainty` on the K results. Tiled outputs stage three maps per tile and
+assembly blends them with the image's weights, core by core; whole-frame outputs (measurement
+stores of a global operator) write the frame's maps directly. Either way they land in the group
+``uncertainty/`` of the output store, which is at once an xarray Dataset and a one-level OME-NGFF image::
 
     dims     the reconstruction's axes less c (t, z as present, y, x), output grid, chunks = cores
     coords   t, z (physical time / depth), y, x (physical pixel positions), each with ``units``
     spread            float32: sd over the K seeds (RMS over channels) in the input's physical
                       intensity units (model-space spread / the intensity map's scale)
     measured_spread   float32: sd over seeds of A(x̂ₖ) in units of the noise sd (below ~1 the data
-                      cannot tell the seeds apart); NaN where the grids are unrelated
+                      cannot tell the seeds apart); NaN where the grids are unrelated (always for
+                      global operators: a pixel has no measurement of its own)
     prior_filled      float32 in [0, 1]: ddiff.audit's prior-filled map (seeds differ where the data
                       is blind) of the tiles covering a pixel, blended; > 0.5 = prior-filled. The
                       audit writes it as the label image ``labels/prior_filled``.
     ome      multiscales with one dataset, path ``spread``: ``napari recon.zarr/uncertainty`` or
              ome-zarr-py show the spread on the reconstruction's physical scale.
 
-Staging (pass 1): ``staging/uncertainty`` ``(frame, tile, 3, sy·f, sx·f)`` float32, the three maps
-of each tile's blend window (spread in model units), NaN-padded, one chunk per (frame, tile).
+Staging (pass 1, tiled outputs only): ``staging/uncertainty`` ``(frame, tile, 3, sy·f, sx·f)`` float32,
+the three maps of each tile's blend window (spread in model units), NaN-padded, one chunk per (frame, tile).
 """
 from __future__ import annotations
 
@@ -45,22 +47,23 @@ _UNITS = {"spread": "intensity units of the input (sd over seeds)",
 
 
 def keeps_seeds(manifest: dict) -> bool:
-    """Whether an output's run keeps the seed spread: ``seeds ≥ 2`` on a tiled output."""
-    return int(manifest.get("config", {}).get("seeds", 1) or 1) > 1 and "image_shape" not in manifest
+    """Whether an output's run keeps the seed spread: ``seeds ≥ 2``."""
+    return int(manifest.get("config", {}).get("seeds", 1) or 1) > 1
 
 
 def create_uncertainty(root: Path, layout: Layout, chunks: tuple[int, int], scale: dict, units: dict,
-                       n_tiles: int, slot: tuple[int, int], compressors) -> None:
-    """Create ``staging/uncertainty`` and the (empty, NaN) ``uncertainty/`` group in a new store at ``root``."""
+                       n_tiles: int | None, slot: tuple[int, int] | None, compressors) -> None:
+    """Create the (empty, NaN) ``uncertainty/`` group in a new store at ``root`` and, for a tiled output
+    (``n_tiles`` tiles with blend windows ``slot``), ``staging/uncertainty``; ``n_tiles=None``: whole frames."""
     import dask.array as da
     import xarray as xr
 
-    g = zarr.open_group(LocalStore(root), mode="r+")
     f32 = np.dtype("float32")
-    g.require_group("staging").create_array(
-        "uncertainty", shape=(layout.n_frames, n_tiles, len(UNC_MAPS)) + tuple(slot), dtype=f32,
-        chunks=(1, 1, len(UNC_MAPS)) + tuple(slot), compressors=compressors, fill_value=float("nan"),
-        dimension_names=("frame", "tile", "map", "y", "x"))
+    if n_tiles is not None:
+        zarr.open_group(LocalStore(root), mode="r+").require_group("staging").create_array(
+            "uncertainty", shape=(layout.n_frames, n_tiles, len(UNC_MAPS)) + tuple(slot), dtype=f32,
+            chunks=(1, 1, len(UNC_MAPS)) + tuple(slot), compressors=compressors, fill_value=float("nan"),
+            dimension_names=("frame", "tile", "map", "y", "x"))
     lay = label_layout(layout)
     cy, cx = chunks
     ch = tuple(cy if a == "y" else cx if a == "x" else 1 for a in lay.axes)
