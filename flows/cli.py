@@ -97,7 +97,7 @@ def cmd_reconstruct(a) -> int:
         r = reconstruct_stack(p)
     from .run_report import noise_text
 
-    _console().print(f"noise: {noise_text({'noise': r['noise'], 'noise_estimate': r.get('noise_estimate')})}")
+    _console().print(f"noise: {noise_text({k: r.get(k) for k in ('noise', 'noise_estimate', 'noise_units')})}")
     _console().print(f"[green]done[/green] {r['output']}: {r['solved']} tiles solved, {r['skipped']} resumed, "
                      f"{r['wall_seconds']:.1f}s (solver {r['solver_seconds']:.1f}s)")
     return 0

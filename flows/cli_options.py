@@ -44,7 +44,8 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
                             "(default: estimated from the stack — a camera if its variance grows with the signal, else "
                             "Gaussian), gaussian (--sigma), poisson (--gain, --offset), poisson_gaussian = a camera "
                             "(--gain, --offset, --read-noise). Parameters left out are estimated from the data")
-        g.add_argument("--sigma", type=float, default=None, help="Gaussian noise σ in ADU (data units, not model space)")
+        g.add_argument("--sigma", type=float, default=None, help="Gaussian noise σ in the data's units (ADU; sinogram / k-space units, per real/imag "
+                            "part), not model space; left out: estimated (images, k-space)")
         g.add_argument("--gain", type=float, default=None, help="camera conversion gain, e⁻ per ADU")
         g.add_argument("--offset", type=float, default=None, help="camera black level (bias), ADU")
         g.add_argument("--read-noise", type=float, default=None, help="camera read noise, e⁻ RMS")

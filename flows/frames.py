@@ -35,6 +35,7 @@ from ddiff.metrics import chi2_reduced
 
 from . import tiles as T
 from .measure import MeasurementMap, measurement_operator
+from .noise import resolve_measurement_noise
 from .params import ReconstructParams
 from .batches import Tally, batch_run_name, cut_for_testing, in_flight, retryable, run_batches, run_stage
 from .reconstruct import solver_config
@@ -134,13 +135,12 @@ def frame_config(p: ReconstructParams, stack: storage.Stack, meas: dict) -> tupl
     if p.operator.name not in (name, default) or p.operator.params:
         raise ValueError(f"{stack.path} holds {meas['domain']} measurements of `{name}` (geometry recorded at ingest); "
                          f"drop --operator {p.operator.name} / --op-param: the store's operator is used")
-    if p.noise.kind not in ("auto", "gaussian") or p.noise.sigma is None:
-        raise ValueError(f"{meas['domain']} measurements take Gaussian noise with its σ in the measurement's units: "
-                         f"give noise.sigma (--sigma S){'' if p.noise.kind in ('auto', 'gaussian') else ', not noise kind ' + repr(p.noise.kind)}"
-                         " (σ is not estimated from measurements yet)")
+    noise, estimate = resolve_measurement_noise(p.noise, stack, meas)
     prior_path, prior_sha = T.prior_identity(p.prior)
-    config = solver_config(p, name, meas["operator"]["params"], prior_path, {"kind": "gaussian", "sigma": float(p.noise.sigma)})
+    config = solver_config(p, name, meas["operator"]["params"], prior_path, {"kind": "gaussian", "sigma": float(noise.sigma)})
     config["noise_units"] = f"sigma in the units of the stored {meas['domain']} measurements"
+    if estimate is not None:
+        config["noise_estimate"] = estimate
     return config, prior_sha
 
 
@@ -236,7 +236,8 @@ def reconstruct_frames(p: ReconstructParams, state: dict) -> dict:
               "skipped": already, "wall_seconds": time.perf_counter() - t0, "solver_seconds": stage["solver_seconds"],
               "nfe": stage["nfe"], "complete": True, "worker_pids": stage["pids"],
               "worker_threads": [out.manifest["config"].get("torch_threads")], "noise": out.manifest["config"]["noise"],
-              "noise_estimate": None}
+              "noise_estimate": out.manifest["config"].get("noise_estimate"),
+              "noise_units": out.manifest["config"]["noise_units"]}
     if p.artifacts:
         fit = frame_fit_rows(out.path)
         publish_fit_table(out.path, fit)

@@ -17,7 +17,7 @@ import storage
 
 from .params import NoiseSpec
 
-__all__ = ["resolve_noise", "noise_model", "sample_frames", "MAX_FRAMES", "MAX_SIDE"]
+__all__ = ["resolve_noise", "resolve_measurement_noise", "noise_model", "sample_frames", "MAX_FRAMES", "MAX_SIDE"]
 
 MAX_FRAMES = 8
 MAX_SIDE = 1024
@@ -58,6 +58,30 @@ def resolve_noise(spec: NoiseSpec, stack: storage.Stack) -> tuple[NoiseSpec, dic
     d["requested"] = spec.model_dump(exclude_none=True)
     d["summary"] = est.describe()
     return done, d
+
+
+def resolve_measurement_noise(spec: NoiseSpec, stack: storage.Stack, meas: dict) -> tuple[NoiseSpec, dict | None]:
+    """:func:`resolve_noise` for a measurement store: Gaussian σ in the measurement's units, estimated
+    when not given — from k-space's Hermitian-antisymmetric part (at most :data:`MAX_FRAMES` frames,
+    evenly spaced, whole); sinograms and Fourier magnitudes need it given (one line says so)."""
+    if spec.kind not in ("auto", "gaussian"):
+        raise ValueError(f"{meas['domain']} measurements take Gaussian noise with σ in the measurement's units, not "
+                         f"noise kind {spec.kind!r}: give --sigma S (or --noise auto on k-space)")
+    if spec.sigma is not None:
+        return NoiseSpec(kind="gaussian", sigma=spec.sigma), None
+    if meas["domain"] != "kspace":
+        raise ValueError(f"{meas['domain']} measurements: σ is not estimated from them yet; give it in the "
+                         f"measurement's units (--sigma S)")
+    from operators.noise_estimate import estimate_kspace_gaussian
+
+    T = stack.shape[0]
+    ts = sorted({int(round(v)) for v in np.linspace(0, T - 1, min(T, MAX_FRAMES))})
+    k = np.concatenate([np.asarray(stack.array[t]) for t in ts])  # (n·C, H, W) complex
+    est = estimate_kspace_gaussian(k, storage.read_extra(stack, "sampling_mask"))
+    d = est.as_dict()
+    d["requested"] = spec.model_dump(exclude_none=True)
+    d["summary"] = est.describe().replace("ADU", "(k-space units, per real/imaginary part)")
+    return NoiseSpec(kind="gaussian", sigma=est.sigma), d
 
 
 def noise_model(config_noise: dict, stack: storage.Stack):

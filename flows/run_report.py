@@ -191,8 +191,8 @@ def noise_text(config: dict) -> str:
     """One line: the run's noise model in data units, and where its parameters came from."""
     n = config["noise"]
     est = config.get("noise_estimate")
-    if n["kind"] == "gaussian":
-        s = f"Gaussian σ = {n['sigma']:.4g} ADU"
+    if n["kind"] == "gaussian":  # measurement stores (whole frames) say their own units
+        s = f"Gaussian σ = {n['sigma']:.4g} " + ("ADU" if not config.get("noise_units") else f"({config['noise_units']})")
     else:
         s = f"camera gain {n['gain']:.4g} e⁻/ADU, offset {n['offset']:.4g} ADU"
         s += f", read noise {n['read_noise']:.4g} e⁻" if n.get("read_noise") is not None else " (pure Poisson)"

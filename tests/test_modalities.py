@@ -139,6 +139,38 @@ def test_mri_kspace_stack_beats_zero_filled(prefect_harness, tmp_path):
     assert np.array_equal(BioImage(str(tmp_path / "out.zarr"), reader=BioReader).get_image_data("TCYX"), x)
 
 
+def test_mri_kspace_without_sigma_estimates_it_from_the_data(prefect_harness, tmp_path, capsys):
+    """`ddiff reconstruct k.zarr out.zarr` with no --sigma: σ comes from the k-space's Hermitian-
+    antisymmetric part (operators.noise_estimate), recorded with its standard error, printed, and the
+    fit is judged by it (χ²_ν at 1)."""
+    truth = _heldout(64)
+    M = operators.get_operator("mri_cartesian", acceleration=4, image_size=64, seed=2)
+    from operators.fourier import fft2c
+
+    mask, sigma, g = M.mask().numpy().astype(bool), 0.01, np.random.default_rng(4)
+    k = fft2c(torch.from_numpy(truth[:, 0]).to(torch.complex64)).numpy()
+    k = (k + sigma * (g.standard_normal(k.shape) + 1j * g.standard_normal(k.shape))) * mask
+    np.save(tmp_path / "k.npy", k.astype(np.complex64))
+    assert main(["ingest", str(tmp_path / "k.npy"), str(tmp_path / "k.zarr"), "--domain", "kspace", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["reconstruct", str(tmp_path / "k.zarr"), str(tmp_path / "out.zarr"), "--steps", "10",
+                 "--threads", "2", "--no-progress"]) == 0
+    assert "estimated from the data (Gaussian σ = " in capsys.readouterr().out
+    cfg = storage.open_output(tmp_path / "out.zarr").manifest["config"]
+    est = cfg["noise_estimate"]
+    assert cfg["noise"]["sigma"] == est["sigma"] and abs(est["sigma"] / sigma - 1) < max(0.06, 3 * est["sigma_se"] / sigma)
+    chi = np.asarray(storage.open_output(tmp_path / "out.zarr").open_diagnostics()["chi2_nu"].values)
+    assert np.all(np.abs(chi - 1) < 0.15), chi
+    # sinograms still need σ given: one line, nothing written
+    sino = operators.get_operator("ct_parallel_beam", angles=8)(torch.from_numpy(truth[:, :, :32, :32])).numpy()[:, 0]
+    np.save(tmp_path / "s.npy", sino)
+    assert main(["ingest", str(tmp_path / "s.npy"), str(tmp_path / "s.zarr"), "--domain", "sinogram", "--angles", "8",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["reconstruct", str(tmp_path / "s.zarr"), str(tmp_path / "s_out.zarr"), "--no-progress"]) == 2
+    assert "σ is not estimated from them yet" in capsys.readouterr().err and not (tmp_path / "s_out.zarr").exists()
+
+
 @pytest.mark.slow
 def test_frame_audit_false_alarm_rate_is_alpha_in_measurement_units(prefect_harness, tmp_path):
     """The truth written as the 'reconstruction' of 100 noisy 16-px sinograms: the frame test must flag
