@@ -44,7 +44,8 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
                             "(default: estimated from the stack — a camera if its variance grows with the signal, else "
                             "Gaussian), gaussian (--sigma), poisson (--gain, --offset), poisson_gaussian = a camera "
                             "(--gain, --offset, --read-noise). Parameters left out are estimated from the data")
-        g.add_argument("--sigma", type=float, default=None, help="Gaussian noise σ in the data's units (ADU; sinogram / k-space units, per real/imag "
+        g.add_argument("--sigma", type=float, default=None,
+                       help="Gaussian noise σ in the data's units (ADU; sinogram / k-space units, per real/imag "
                             "part), not model space; left out: estimated (images, k-space)")
         g.add_argument("--gain", type=float, default=None, help="camera conversion gain, e⁻ per ADU")
         g.add_argument("--offset", type=float, default=None, help="camera black level (bias), ADU")
@@ -65,8 +66,9 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
                         "χ²_ν = 1), 'paper' (the paper's per-task values), or a key=value override; repeatable")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--seeds", type=int, default=1, metavar="K",
-                   help="solve each tile (or whole frame) K times (K >= 2): the estimate is their mean, and the seed spread and "
-                        "prior-filled maps are kept (recon.zarr/uncertainty, labels/prior_filled after the audit)")
+                   help="solve each tile (or whole frame) K times (K >= 2): the estimate is their mean, and the "
+                        "seed spread and prior-filled maps are kept (recon.zarr/uncertainty, labels/prior_filled "
+                        "after the audit)")
     t = sp.add_argument_group("tiling and execution")
     t.add_argument("--tile", type=int, default=256 if not demo else 128,
                    help="tile core size (pixels)" + ("; demo default = the whole 128px frame, try 64 to see "

@@ -43,7 +43,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NoiseEstimate", "estimate_gaussian", "estimate_kspace_gaussian", "estimate_camera", "estimate_noise", "fluorescence_scene", "simulate_camera"]
+__all__ = ["NoiseEstimate", "estimate_gaussian", "estimate_kspace_gaussian", "estimate_camera", "estimate_noise",
+           "fluorescence_scene", "simulate_camera"]
 
 _GROUPS = 8  # jackknife groups (strips of every frame)
 _BINS = 24  # intensity bins of the photon-transfer curve

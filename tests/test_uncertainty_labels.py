@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 import flows
@@ -99,7 +100,7 @@ def _kspace_store(tmp_path, acceleration: float, sigma: float):
                       for h in held]).astype(np.float32)
     mask = operators.get_operator("mri_cartesian", acceleration=acceleration, image_size=32, seed=1).mask().numpy()
     g = np.random.default_rng(1)
-    k = fft2c(__import__("torch").from_numpy(truth).to(__import__("torch").complex64)).numpy()
+    k = fft2c(torch.from_numpy(truth).to(torch.complex64)).numpy()
     k = (k + sigma * (g.standard_normal(k.shape) + 1j * g.standard_normal(k.shape))) * mask.astype(bool)
     src = tmp_path / f"k{acceleration:g}.npy"
     np.save(src, k.astype(np.complex64))
