@@ -62,25 +62,33 @@ def resolve_noise(spec: NoiseSpec, stack: storage.Stack) -> tuple[NoiseSpec, dic
 
 def resolve_measurement_noise(spec: NoiseSpec, stack: storage.Stack, meas: dict) -> tuple[NoiseSpec, dict | None]:
     """:func:`resolve_noise` for a measurement store: Gaussian σ in the measurement's units, estimated
-    when not given — from k-space's Hermitian-antisymmetric part (at most :data:`MAX_FRAMES` frames,
-    evenly spaced, whole); sinograms and Fourier magnitudes need it given (one line says so)."""
+    when not given from measurements the scene cancels from (at most :data:`MAX_FRAMES` frames, evenly
+    spaced, whole) — k-space: its Hermitian-antisymmetric part; sinograms: views 180° apart (a scan over
+    [0°, 180°) has none: one line asks for σ); Fourier magnitudes need σ given."""
     if spec.kind not in ("auto", "gaussian"):
         raise ValueError(f"{meas['domain']} measurements take Gaussian noise with σ in the measurement's units, not "
-                         f"noise kind {spec.kind!r}: give --sigma S (or --noise auto on k-space)")
+                         f"noise kind {spec.kind!r}: give --sigma S (or leave --noise at auto)")
     if spec.sigma is not None:
         return NoiseSpec(kind="gaussian", sigma=spec.sigma), None
-    if meas["domain"] != "kspace":
-        raise ValueError(f"{meas['domain']} measurements: σ is not estimated from them yet; give it in the "
-                         f"measurement's units (--sigma S)")
-    from operators.noise_estimate import estimate_kspace_gaussian
+    from operators.noise_estimate import estimate_kspace_gaussian, estimate_sinogram_gaussian
 
+    domain = meas["domain"]
+    if domain not in ("kspace", "sinogram"):
+        raise ValueError(f"{domain} measurements: σ is not estimated from them; give it in the measurement's "
+                         "units (--sigma S)")
     T = stack.shape[0]
     ts = sorted({int(round(v)) for v in np.linspace(0, T - 1, min(T, MAX_FRAMES))})
-    k = np.concatenate([np.asarray(stack.array[t]) for t in ts])  # (n·C, H, W) complex
-    est = estimate_kspace_gaussian(k, storage.read_extra(stack, "sampling_mask"))
+    y = np.concatenate([np.asarray(stack.array[t]) for t in ts])  # (n·C, h, w) in the store's units
+    try:
+        if domain == "kspace":
+            est = estimate_kspace_gaussian(y, storage.read_extra(stack, "sampling_mask"))
+        else:
+            est = estimate_sinogram_gaussian(y, meas["operator"]["params"]["angles"])
+    except ValueError as exc:  # one line: what is missing and the fix
+        raise ValueError(f"{stack.path}: --noise auto: {exc}") from None
     d = est.as_dict()
     d["requested"] = spec.model_dump(exclude_none=True)
-    d["summary"] = est.describe().replace("ADU", "(k-space units, per real/imaginary part)")
+    d["summary"] = est.describe().replace("ADU", f"({domain} units{', per real/imaginary part' if domain == 'kspace' else ''})")
     return NoiseSpec(kind="gaussian", sigma=est.sigma), d
 
 

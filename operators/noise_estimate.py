@@ -15,7 +15,9 @@ real, so its centred DFT is Hermitian, ``k(−q) = conj k(q)``, and the antisymm
 at any undersampling, wherever both ``q`` and ``−q`` were measured. With independent noise of sd σ in
 each real and imaginary part, ``Re a`` and ``Im a`` have sd ``σ/√2``: ``σ = √2 ·`` their robust MAD.
 (An image with a phase — coil sensitivities, B0 — is not real: its estimate reads high, and the
-run's χ²_ν says the real-image model does not fit either.)
+run's χ²_ν says the real-image model does not fit either.) **Sinograms**
+(:func:`estimate_sinogram_gaussian`) likewise: a parallel beam measures every line twice when two
+views are 180° apart, so their difference is noise alone.
 
 Camera (:func:`estimate_camera`, the photon-transfer relation of the stack itself): at a pixel with
 mean ``μ`` (ADU) a camera ``u = o + (k + r n)/g``, ``k ~ P(λ)``, has
@@ -43,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NoiseEstimate", "estimate_gaussian", "estimate_kspace_gaussian", "estimate_camera", "estimate_noise",
+__all__ = ["NoiseEstimate", "estimate_gaussian", "estimate_kspace_gaussian", "estimate_sinogram_gaussian", "estimate_camera", "estimate_noise",
            "fluorescence_scene", "simulate_camera"]
 
 _GROUPS = 8  # jackknife groups (strips of every frame)
@@ -128,6 +130,22 @@ def estimate_gaussian(frames, valid=None) -> NoiseEstimate:
     return NoiseEstimate(kind="gaussian", sigma=mad(r), sigma_se=_jackknife(loo), n_pixels=int(r.numel()))
 
 
+def _from_null_pairs(diff: torch.Tensor, what: str, note: str) -> NoiseEstimate:
+    """σ from values ``diff`` that are pure noise of sd σ each (differences of measurements the scene
+    cancels from): robust MAD, jackknife over 8 groups dealt out in turn."""
+    if diff.numel() < 256:
+        raise ValueError(f"{what} noise estimation: {diff.numel()} noise-only values, need 256; give noise.sigma "
+                         "(--sigma S)")
+    grp = torch.arange(diff.numel()) % _GROUPS
+
+    def sd(t):
+        return 1.4826 * float((t - t.median()).abs().median())
+
+    loo = torch.tensor([sd(diff[grp != g]) for g in range(_GROUPS)], dtype=torch.float64)
+    return NoiseEstimate(kind="gaussian", sigma=sd(diff), sigma_se=_jackknife(loo), n_pixels=int(diff.numel()),
+                         notes=[note])
+
+
 def estimate_kspace_gaussian(kspace, measured=None) -> NoiseEstimate:
     """Gaussian σ per real/imaginary part (the k-space's units) from the Hermitian-antisymmetric part of
     ``kspace`` ``(N, H, W)`` complex, DC at ``(H//2, W//2)`` (centred DFT); ``measured``: bool ``(H, W)`` or
@@ -144,21 +162,37 @@ def estimate_kspace_gaussian(kspace, measured=None) -> NoiseEstimate:
     kp, mp = k[:, pi][:, :, pj], m[:, pi][:, :, pj]
     idx = torch.arange(H * W).view(H, W)
     first = idx < idx[pi][:, pj]  # each pair once; self-paired entries (DC, Nyquist) drop out
-    use = m & mp & first
-    a = ((k - kp.conj()) / 2)[use]
-    vals = torch.cat([a.real, a.imag])
-    if vals.numel() < 256:
-        raise ValueError(f"k-space noise estimation: {vals.numel() // 2} measured (q, -q) pairs, need 128; "
-                         "give noise.sigma (--sigma S)")
-    grp = (torch.arange(a.numel()) % _GROUPS).repeat(2)  # jackknife groups: pairs dealt out in turn
+    a = ((k - kp.conj()) / math.sqrt(2))[m & mp & first]  # Re and Im: sd σ each
+    return _from_null_pairs(torch.cat([a.real, a.imag]), "k-space",
+                            "k-space: Hermitian-antisymmetric part (exact for a real-valued image)")
 
-    def sd(t):
-        return math.sqrt(2) * 1.4826 * float((t - t.median()).abs().median())
 
-    loo = torch.tensor([sd(vals[grp != g]) if bool((grp != g).any()) else math.nan for g in range(_GROUPS)],
-                       dtype=torch.float64)
-    return NoiseEstimate(kind="gaussian", sigma=sd(vals), sigma_se=_jackknife(loo), n_pixels=int(vals.numel()),
-                         notes=["k-space: Hermitian-antisymmetric part (exact for a real-valued image)"])
+def estimate_sinogram_gaussian(sinogram, angles_deg, tol_deg: float = 1e-3) -> NoiseEstimate:
+    """Gaussian σ (the sinogram's units) from opposite views: a parallel beam sees the same line
+    integrals at ``θ`` and ``θ + 180°`` with the detector mirrored about its centre bin ``D//2``
+    (``p(θ + 180°, t) = p(θ, −t)``), so ``(p(θ, t) − p(θ + 180°, −t))/√2`` is noise alone, sd σ.
+    ``sinogram`` ``(N, A, D)``; ``angles_deg`` ``(A,)``. A scan over ``[0°, 180°)`` has no opposite
+    views (one line says so); one that includes 180° (or covers 360°) has them."""
+    p = torch.as_tensor(sinogram).to(torch.float64)
+    p = p[None] if p.ndim == 2 else p
+    th = torch.as_tensor(angles_deg, dtype=torch.float64).ravel()
+    if p.ndim != 3 or p.shape[1] != th.numel():
+        raise ValueError(f"sinogram noise estimation: need (N, {th.numel()} angles, D), got {tuple(p.shape)}")
+    off = torch.remainder(th[None, :] - th[:, None] - 180.0, 360.0)
+    i, j = torch.nonzero((torch.minimum(off, 360.0 - off) < tol_deg) & (torch.arange(th.numel())[:, None]
+                                                                        < torch.arange(th.numel())[None, :]),
+                         as_tuple=True)
+    if i.numel() == 0:
+        raise ValueError(f"sinogram noise estimation: no two views are 180° apart (angles {float(th.min()):g}° to "
+                         f"{float(th.max()):g}°), so σ cannot be told from the scene; give noise.sigma (--sigma S)")
+    D = p.shape[2]
+    t = torch.arange(D)
+    mirror = 2 * (D // 2) - t
+    ok = (mirror >= 0) & (mirror < D)
+    d = (p[:, i][:, :, t[ok]] - p[:, j][:, :, mirror[ok]]) / math.sqrt(2)
+    return _from_null_pairs(d[torch.isfinite(d)], "sinogram",
+                            f"sinogram: {i.numel()} pairs of opposite views (exact for a parallel beam "
+                            "centred on the detector)")
 
 
 def _box(t: torch.Tensor, k: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import storage
 from ddiff.metrics import psnr
 from flows.cli import main
 from flows.frames import frame_config
-from flows.measure import classical_reconstruction
+from flows.measure import classical_reconstruction, parse_angles
 from flows.sample_data import sample_images
 
 STEPS = 20
@@ -139,7 +139,7 @@ def test_mri_kspace_stack_beats_zero_filled(prefect_harness, tmp_path):
     assert np.array_equal(BioImage(str(tmp_path / "out.zarr"), reader=BioReader).get_image_data("TCYX"), x)
 
 
-def test_mri_kspace_without_sigma_estimates_it_from_the_data(prefect_harness, tmp_path, capsys):
+def test_sigma_estimated_from_kspace_and_from_opposite_sinogram_views(prefect_harness, tmp_path, capsys):
     """`ddiff reconstruct k.zarr out.zarr` with no --sigma: σ comes from the k-space's Hermitian-
     antisymmetric part (operators.noise_estimate), recorded with its standard error, printed, and the
     fit is judged by it (χ²_ν at 1)."""
@@ -161,14 +161,22 @@ def test_mri_kspace_without_sigma_estimates_it_from_the_data(prefect_harness, tm
     assert cfg["noise"]["sigma"] == est["sigma"] and abs(est["sigma"] / sigma - 1) < max(0.06, 3 * est["sigma_se"] / sigma)
     chi = np.asarray(storage.open_output(tmp_path / "out.zarr").open_diagnostics()["chi2_nu"].values)
     assert np.all(np.abs(chi - 1) < 0.15), chi
-    # sinograms still need σ given: one line, nothing written
-    sino = operators.get_operator("ct_parallel_beam", angles=8)(torch.from_numpy(truth[:, :, :32, :32])).numpy()[:, 0]
-    np.save(tmp_path / "s.npy", sino)
-    assert main(["ingest", str(tmp_path / "s.npy"), str(tmp_path / "s.zarr"), "--domain", "sinogram", "--angles", "8",
-                 "--no-progress"]) == 0
+    # sinograms: σ from views 180° apart (a 360° scan); a [0°, 180°) scan has none -> one line, nothing written
+    from flows.noise import resolve_measurement_noise
+
+    for name, angles, n in (("s360", "0:360:12", 30), ("s180", "8", 8)):
+        A = operators.get_operator("ct_parallel_beam", angles=parse_angles(angles, n))
+        sino = A(torch.from_numpy(truth[:, :, :32, :32])).numpy()[:, 0]
+        sino = sino + 0.05 * np.random.default_rng(5).standard_normal(sino.shape)
+        np.save(tmp_path / f"{name}.npy", sino.astype(np.float32))
+        assert main(["ingest", str(tmp_path / f"{name}.npy"), str(tmp_path / f"{name}.zarr"), "--domain", "sinogram",
+                     "--angles", angles, "--no-progress"]) == 0
+    stack = storage.open_stack(tmp_path / "s360.zarr")
+    spec, est = resolve_measurement_noise(flows.params.NoiseSpec(), stack, storage.measurement_of(stack))
+    assert abs(spec.sigma - 0.05) < 3 * est["sigma_se"] and "opposite views" in est["notes"][0], est
     capsys.readouterr()
-    assert main(["reconstruct", str(tmp_path / "s.zarr"), str(tmp_path / "s_out.zarr"), "--no-progress"]) == 2
-    assert "σ is not estimated from them yet" in capsys.readouterr().err and not (tmp_path / "s_out.zarr").exists()
+    assert main(["reconstruct", str(tmp_path / "s180.zarr"), str(tmp_path / "s_out.zarr"), "--no-progress"]) == 2
+    assert "no two views are 180° apart" in capsys.readouterr().err and not (tmp_path / "s_out.zarr").exists()
 
 
 @pytest.mark.slow
