@@ -275,9 +275,14 @@ def _prior_filled_label(out: storage.OutputStore, run_id: str) -> dict:
             filled, total = filled + int(pf.sum()), total + pf.size
         storage.label_pyramid(out, "prior_filled", t, run_id=run_id)
     frac = filled / max(total, 1)
-    return {"fraction": frac, "line": f"uncertainty from {K} seeds: {100 * frac:.2f} % of pixels prior-filled (seed "
-                                      "spread > 0.1 model units where the data cannot tell the seeds apart) — "
-                                      "labels/prior_filled, maps in uncertainty/; reported, not flagged"}
+    line = (f"uncertainty from {K} seeds: {100 * frac:.2f} % of pixels prior-filled (seed spread > 0.1 model units "
+            "where the data cannot tell the seeds apart) — labels/prior_filled, maps in uncertainty/; reported, not flagged")
+    if storage.is_frame_output(out):  # a global operator sees every pixel a little: the spread is what to read
+        p90 = [float(np.nanquantile(storage.read_uncertainty(out, t)["spread"], 0.9)) for t in range(out.n_frames)]
+        line += (f". Whole frames of a global operator: prior-filled marks only pixels the measurements do not see; "
+                 f"what the prior decided shows in the seed spread (uncertainty/spread, p90 per frame "
+                 f"{min(p90):.3g}–{max(p90):.3g} image units; docs/audit.md §3)")
+    return {"fraction": frac, "line": line}
 
 
 def _publish(out, p: AuditParams, res, rows: list[dict], md_path: Path, report_dir: Path, n_flag: int,

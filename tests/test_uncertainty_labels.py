@@ -146,5 +146,5 @@ def test_whole_frame_seed_spread_in_image_units_resumes_and_labels(prefect_harne
     assert lab.attrs["ome"]["labels"] == ["prior_filled"] and lab["prior_filled/0"].shape == (2, 32, 32)
     for t in range(2):
         assert np.array_equal(lab["prior_filled/0"][t].astype(bool), uu[t]["prior_filled"] > 0.5)
-    assert "3 seeds" in res["uncertainty"]
+    assert "3 seeds" in res["uncertainty"] and "what the prior decided shows in the seed spread" in res["uncertainty"]
     assert res["prior_filled_fraction"] == pytest.approx(float(np.mean(lab["prior_filled/0"][:].astype(bool))))
