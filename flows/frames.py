@@ -12,6 +12,12 @@ and only its pending frames are written, so a resumed run writes the bytes an un
 would. Same flow (``reconstruct_stack`` dispatches here), lock, ledger, progress, retries, task
 runners (thread pool or Dask) and summary artifact as the tiled path.
 
+**Stacks of slices** (``--solver volume_ddiff``: frames = consecutive z-slices, e.g. a CT volume
+scanned slice by slice): frames are solved in z-bricks of ``brick_z`` core slices by the volume
+solver with its through-plane coupling (``operators.SliceWise`` of the store's operator); each brick
+also solves ``overlap_z`` slices of context on both sides (clipped at the stack's ends) and writes
+its core slices only, so every slice has coupled neighbours on both sides except at the ends.
+
 The prior's U-Net needs sides divisible by its downsampling factor ``d``: the image is solved on
 the grid padded up to multiples of ``d`` at the bottom/right with ``A'(x') = A(x'[:N, :M])`` (the
 padding is in ``A'``'s null space; the prior fills it) and cropped back.
@@ -41,6 +47,9 @@ from .batches import Tally, batch_run_name, cut_for_testing, in_flight, retryabl
 from .reconstruct import solver_config
 from .run_report import frame_table, summary_markdown
 from .ui import abspath, artifact_key, batch_label, flow_run_namer
+
+#: solvers that take the frames of a measurement store as the slices of one volume (coupled in z)
+FRAME_VOLUME_SOLVERS = ("volume_ddiff", "volume_diffpnp_admm")
 
 __all__ = ["FrameOperator", "frame_batches", "solve_frame_batch", "reconstruct_frames", "frame_chi2_flags",
            "audit_inputs"]
@@ -92,16 +101,26 @@ def solve_frame_batch(desc: dict) -> dict:
     op = measurement_operator(meas)
     mm = MeasurementMap(meas, out.intensity, op)
     A = FrameOperator(op, (N, M), (_padded(N, d), _padded(M, d))).to(device)
-    frames = [int(f) for f in desc["frames"]]
-    y = torch.cat([mm.to_model(torch.from_numpy(np.asarray(stack.array[f]))[None]) for f in frames]).to(device)
+    frames, zb = [int(f) for f in desc["frames"]], cfg.get("zbricks")
+    read = frames if zb is None else list(range(max(0, frames[0] - zb["overlap_z"]),
+                                                min(out.n_frames, frames[-1] + 1 + zb["overlap_z"])))
+    y = torch.cat([mm.to_model(torch.from_numpy(np.asarray(stack.array[f]))[None]) for f in read]).to(device)
     noise = operators.GaussianNoise(mm.sigma_to_model(cfg["noise"]["sigma"]))
     gens = [torch.Generator(device=device if device != "mps" else "cpu").manual_seed(T.tile_seed(cfg["seed"], f, 0))
-            for f in frames]
+            for f in (frames if zb is None else frames[:1])]  # a brick: one generator, from its first core slice
     solver = T.make_solver(cfg, prior, keep_samples=True)
     with T._device_guard(device, desc.get("gpu_limit")):
-        res = solver.solve(y, A, noise, generator=gens, x_shape=(len(frames), y.shape[1], A.Np, A.Mp))
-        unc = T.seed_spread(res, A, noise, y)  # (B, 3, Np, Mp) with seeds >= 2, else None
-    x = res.x.float()[..., :N, :M].cpu()
+        if zb is None:
+            res = solver.solve(y, A, noise, generator=gens, x_shape=(len(frames), y.shape[1], A.Np, A.Mp))
+            unc = T.seed_spread(res, A, noise, y)  # (B, 3, Np, Mp) with seeds >= 2, else None
+            x = res.x
+        else:  # the brick as one volume (1, C, Z, ·, ·); its core slices are kept
+            yv = y.movedim(0, 1)[None]
+            res = solver.solve(yv, operators.SliceWise(A), noise, generator=gens,
+                               x_shape=(1, y.shape[1], len(read), A.Np, A.Mp))
+            core = [read.index(f) for f in frames]
+            x, y, unc = res.x[0].movedim(1, 0)[core], y[core], None
+    x = x.float()[..., :N, :M].cpu()
     op = op.cpu()
     with torch.no_grad():
         Ax = op(x)
@@ -139,6 +158,11 @@ def frame_config(p: ReconstructParams, stack: storage.Stack, meas: dict) -> tupl
     prior_path, prior_sha = T.prior_identity(p.prior)
     config = solver_config(p, name, meas["operator"]["params"], prior_path, {"kind": "gaussian", "sigma": float(noise.sigma)})
     config["noise_units"] = f"sigma in the units of the stored {meas['domain']} measurements"
+    if p.solver.name in FRAME_VOLUME_SOLVERS:  # frames = consecutive slices of a volume: coupled z-bricks
+        if p.solver.seeds > 1:
+            raise ValueError(f"--seeds {p.solver.seeds} with solver {p.solver.name}: seed spread maps of volumes are not "
+                             "built yet; drop --seeds, or use --solver ddiff (slice by slice) for them")
+        config["zbricks"] = {"brick_z": int(p.brick_z), "overlap_z": int(p.overlap_z if p.overlap_z is not None else 2)}
     if estimate is not None:
         config["noise_estimate"] = estimate
     return config, prior_sha
@@ -159,7 +183,8 @@ def solve_frames_stage(params: ReconstructParams, run_id: str, artifact_id: str 
     led, total = out.ledger, out.n_frames
     already = led.count("solved")
     descs = []
-    batches = frame_batches(out.n_frames, p.execution.batch_size)
+    zb = out.manifest["config"].get("zbricks")
+    batches = frame_batches(out.n_frames, p.execution.batch_size if zb is None else zb["brick_z"])
     for i, frames in enumerate(batches):
         done = [f for f in frames if led.is_done(f, 0, "solved")]
         if len(done) < len(frames):
