@@ -113,23 +113,38 @@ class VolumeProblem:
     matrix: torch.Tensor
     weight: float
 
-    def constrained_map(self, tau: float = 1.0) -> torch.Tensor:
+    def constrained_map(self, tau: float = 1.0, per_plane: bool = False) -> torch.Tensor:
         """``argmin ½ xᵀPx`` s.t. ``‖y − A x‖² ≤ τ m σ²`` — the MAP the coupled solver targets:
-        ``x(α) = (P + α AᵀA/σ²)⁻¹ α Aᵀy/σ²`` with the constraint's multiplier α found by bisection
-        on ``log α`` (the residual decreases in α). ``(B, 1, Z, S, S)``."""
+        ``x(α) = (P + AᵀWA/σ²)⁻¹ AᵀWy/σ²`` with the constraint's multiplier α found by bisection on
+        ``log α`` (the residual decreases in α). ``per_plane``: one constraint per plane,
+        ``‖y_k − A x_k‖² ≤ τ m_k σ²`` (what ``VolumeDDiff`` fits for a slice-wise operator), ``W`` the
+        diagonal of the planes' multipliers ``α_k``, found by coordinate ascent on the (concave) dual:
+        bisection on each ``log α_k`` in turn, the others held, until a sweep moves none by > 1e-9.
+        ``(B, 1, Z, S, S)``."""
         P, A, s2 = self.precision, self.matrix, self.noise.sigma**2
         yf = self.y.reshape(self.y.shape[0], -1)
+        Z = self.x.shape[2] if per_plane else 1
+        mk = yf.shape[1] // Z
+        plane = torch.arange(yf.shape[1]) // mk  # the plane of every measurement (rows are plane-major)
         out = []
         for b in range(yf.shape[0]):
             def x_of(log_alpha):
-                a = torch.tensor(log_alpha, dtype=torch.float64).exp()
-                return torch.linalg.solve(P + a * A.T @ A / s2, a * A.T @ yf[b] / s2)
+                w = torch.as_tensor(log_alpha, dtype=torch.float64).exp()[plane]
+                return torch.linalg.solve(P + A.T @ (w[:, None] * A) / s2, A.T @ (w * yf[b]) / s2)
 
-            lo, hi = -10.0, 20.0
-            for _ in range(100):
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if ((yf[b] - A @ x_of(mid)) ** 2).sum() > tau * yf.shape[1] * s2 else (lo, mid)
-            out.append(x_of(hi))
+            log_a = torch.zeros(Z, dtype=torch.float64)
+            for _ in range(200 if per_plane else 1):
+                before = log_a.clone()
+                for k in range(Z):
+                    lo, hi = -10.0, 20.0
+                    for _ in range(100):
+                        log_a[k] = (lo + hi) / 2
+                        r = (yf[b] - A @ x_of(log_a))[plane == k]
+                        lo, hi = (float(log_a[k]), hi) if (r ** 2).sum() > tau * mk * s2 else (lo, float(log_a[k]))
+                    log_a[k] = hi
+                if float((log_a - before).abs().max()) < 1e-9:
+                    break
+            out.append(x_of(log_a))
         return torch.stack(out).reshape(self.x.shape)
 
 

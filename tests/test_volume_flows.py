@@ -150,7 +150,7 @@ def test_noise_auto_on_a_zstack_estimates_sigma_from_its_planes(zstack):
 def test_sinogram_slices_as_one_volume_couple_in_z_fit_each_slice_and_resume(prefect_harness, tmp_path, capsys):
     """`--solver volume_ddiff` on a sinogram store: z-bricks of 4 slices (+2 of context each side) with
     the through-plane coupling; beats the slice-by-slice default (measured +0.58 dB here, 8 × 64²,
-    24 views, 10 steps; `benchmarks/ct_volume_fit.py`: +0.36 / +0.48 dB at 30 steps), every slice
+    24 views, 10 steps; `benchmarks/ct_volume_fit.py`: +0.48 / +0.36 dB at 30 steps, seeds 0 / 1), every slice
     fitted to its own noise level (none above it), an interrupted run resumes to the same bytes."""
     from scipy import ndimage
     from skimage import data
