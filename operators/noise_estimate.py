@@ -45,8 +45,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NoiseEstimate", "estimate_gaussian", "estimate_kspace_gaussian", "estimate_sinogram_gaussian", "estimate_camera", "estimate_noise",
-           "fluorescence_scene", "simulate_camera"]
+__all__ = ["NoiseEstimate", "estimate_gaussian", "estimate_kspace_gaussian", "estimate_sinogram_gaussian",
+           "estimate_camera", "estimate_noise", "fluorescence_scene", "simulate_camera"]
 
 _GROUPS = 8  # jackknife groups (strips of every frame)
 _BINS = 24  # intensity bins of the photon-transfer curve
@@ -74,12 +74,12 @@ class NoiseEstimate:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def describe(self) -> str:
-        """One line, values ± standard errors."""
+    def describe(self, unit: str = "ADU") -> str:
+        """One line, values ± standard errors; ``unit``: the data's unit (a Gaussian σ's)."""
         def pm(v, se, unit):
             return f"{v:.4g} {unit}" + ("" if not se else f" ± {se:.2g}")
         if self.kind == "gaussian":
-            return f"Gaussian σ = {pm(self.sigma, self.sigma_se, 'ADU')}"
+            return f"Gaussian σ = {pm(self.sigma, self.sigma_se, unit)}"
         s = f"camera gain = {pm(self.gain, self.gain_se, 'e⁻/ADU')}, offset = {pm(self.offset, self.offset_se, 'ADU')}"
         if self.kind == "poisson_gaussian":
             s += f", read noise = {pm(self.read_noise, self.read_noise_se, 'e⁻')}"
@@ -112,6 +112,17 @@ def _jackknife(values: torch.Tensor) -> float:
     return float(math.sqrt((G - 1) / G * float(((v - v.mean()) ** 2).sum())))
 
 
+def _robust_sd(values: torch.Tensor, groups: torch.Tensor, norm: float = 1.0) -> tuple[float, float]:
+    """``(σ, standard error)`` of values with sd ``norm · σ``: ``1.4826 · MAD / norm``, the error by the
+    delete-one-group jackknife over ``groups`` (values ``0 … _GROUPS − 1``; an empty group is skipped)."""
+    def sd(t):
+        return 1.4826 * float((t - t.median()).abs().median()) / norm
+
+    loo = torch.tensor([sd(values[groups != g]) if bool((groups != g).any()) else math.nan for g in range(_GROUPS)],
+                       dtype=torch.float64)
+    return sd(values), _jackknife(loo)
+
+
 def estimate_gaussian(frames, valid=None) -> NoiseEstimate:
     """Gaussian σ (data units): robust MAD of the 5×5 Savitzky–Golay high-pass (module docstring)."""
     y, v = _prepare(frames, valid)
@@ -121,29 +132,18 @@ def estimate_gaussian(frames, valid=None) -> NoiseEstimate:
     r, grp = rho[full], _strip_groups(y.shape)[full]
     if r.numel() < 256:
         raise ValueError("noise estimation: fewer than 256 valid pixels with a valid 5x5 neighbourhood; give noise.sigma")
-
-    def mad(t):
-        return 1.4826 * float((t - t.median()).abs().median()) / math.sqrt(_H2)
-
-    loo = torch.tensor([mad(r[grp != g]) if bool((grp != g).any()) else math.nan for g in range(_GROUPS)],
-                       dtype=torch.float64)
-    return NoiseEstimate(kind="gaussian", sigma=mad(r), sigma_se=_jackknife(loo), n_pixels=int(r.numel()))
+    sigma, se = _robust_sd(r, grp, math.sqrt(_H2))
+    return NoiseEstimate(kind="gaussian", sigma=sigma, sigma_se=se, n_pixels=int(r.numel()))
 
 
 def _from_null_pairs(diff: torch.Tensor, what: str, note: str) -> NoiseEstimate:
     """σ from values ``diff`` that are pure noise of sd σ each (differences of measurements the scene
-    cancels from): robust MAD, jackknife over 8 groups dealt out in turn."""
+    cancels from): :func:`_robust_sd`, the jackknife groups dealt out in turn."""
     if diff.numel() < 256:
         raise ValueError(f"{what} noise estimation: {diff.numel()} noise-only values, need 256; give noise.sigma "
                          "(--sigma S)")
-    grp = torch.arange(diff.numel()) % _GROUPS
-
-    def sd(t):
-        return 1.4826 * float((t - t.median()).abs().median())
-
-    loo = torch.tensor([sd(diff[grp != g]) for g in range(_GROUPS)], dtype=torch.float64)
-    return NoiseEstimate(kind="gaussian", sigma=sd(diff), sigma_se=_jackknife(loo), n_pixels=int(diff.numel()),
-                         notes=[note])
+    sigma, se = _robust_sd(diff, torch.arange(diff.numel()) % _GROUPS)
+    return NoiseEstimate(kind="gaussian", sigma=sigma, sigma_se=se, n_pixels=int(diff.numel()), notes=[note])
 
 
 def estimate_kspace_gaussian(kspace, measured=None) -> NoiseEstimate:
