@@ -17,16 +17,22 @@ import storage
 
 from .params import NoiseSpec
 
-__all__ = ["resolve_noise", "resolve_measurement_noise", "noise_model", "sample_frames", "MAX_FRAMES", "MAX_SIDE"]
+__all__ = ["resolve_noise", "resolve_measurement_noise", "noise_model", "sample_frames", "sample_indices", "MAX_FRAMES",
+           "MAX_SIDE"]
 
 MAX_FRAMES = 8
 MAX_SIDE = 1024
 
 
+def sample_indices(n_frames: int) -> list[int]:
+    """At most :data:`MAX_FRAMES` frame indices, evenly spaced through the stack (deterministic)."""
+    return sorted({int(round(v)) for v in np.linspace(0, n_frames - 1, min(n_frames, MAX_FRAMES))})
+
+
 def sample_frames(stack: storage.Stack) -> tuple[np.ndarray, np.ndarray]:
     """``(frames, valid)``: ``(N·C, h, w)`` float64 data values (the store's own units) and validity."""
     T, C, H, W = stack.shape
-    ts = sorted({int(round(v)) for v in np.linspace(0, T - 1, min(T, MAX_FRAMES))})
+    ts = sample_indices(T)
     h, w = min(H, MAX_SIDE), min(W, MAX_SIDE)
     y0, x0 = (H - h) // 2, (W - w) // 2
     frames, valid = [], []
@@ -76,9 +82,7 @@ def resolve_measurement_noise(spec: NoiseSpec, stack: storage.Stack, meas: dict)
     if domain not in ("kspace", "sinogram"):
         raise ValueError(f"{domain} measurements: σ is not estimated from them; give it in the measurement's "
                          "units (--sigma S)")
-    T = stack.shape[0]
-    ts = sorted({int(round(v)) for v in np.linspace(0, T - 1, min(T, MAX_FRAMES))})
-    y = np.concatenate([np.asarray(stack.array[t]) for t in ts])  # (n·C, h, w) in the store's units
+    y = np.concatenate([np.asarray(stack.array[t]) for t in sample_indices(stack.shape[0])])  # (n·C, h, w), store units
     try:
         if domain == "kspace":
             est = estimate_kspace_gaussian(y, storage.read_extra(stack, "sampling_mask"))
@@ -88,7 +92,7 @@ def resolve_measurement_noise(spec: NoiseSpec, stack: storage.Stack, meas: dict)
         raise ValueError(f"{stack.path}: --noise auto: {exc}") from None
     d = est.as_dict()
     d["requested"] = spec.model_dump(exclude_none=True)
-    d["summary"] = est.describe().replace("ADU", f"({domain} units{', per real/imaginary part' if domain == 'kspace' else ''})")
+    d["summary"] = est.describe(f"({domain} units{', per real/imaginary part' if domain == 'kspace' else ''})")
     return NoiseSpec(kind="gaussian", sigma=est.sigma), d
 
 
