@@ -264,21 +264,25 @@ def _prior_filled_label(out: storage.OutputStore, run_id: str) -> dict:
                                           "with --seeds K (K >= 2, K x the solver cost) for the seed spread and "
                                           "the prior-filled label"}
     filled = total = 0
-    if storage.is_frame_output(out):  # whole frames: one core, the image grid (the plan covers the measurements)
+    whole = storage.is_frame_output(out)
+    if whole:  # whole frames: one core, the image grid (the plan covers the measurements)
         cores = [(0, int(out.manifest["image_shape"][0]), 0, int(out.manifest["image_shape"][1]))]
     else:
         cores = [tile.core for tile in out.out_plan]
+    p90 = []  # whole frames: the spread's upper decile per frame, from the maps read here
     for t in range(out.n_frames):
         for y0, y1, x0, x1 in cores:
-            pf = storage.read_uncertainty(out, t, slice(y0, y1), slice(x0, x1))["prior_filled"] > 0.5
+            u = storage.read_uncertainty(out, t, slice(y0, y1), slice(x0, x1))
+            pf = u["prior_filled"] > 0.5
             storage.write_flag_label(out, "prior_filled", t, pf, run_id=run_id, origin=(y0, x0), pyramid=False)
             filled, total = filled + int(pf.sum()), total + pf.size
+            if whole:
+                p90.append(float(np.nanquantile(u["spread"], 0.9)))
         storage.label_pyramid(out, "prior_filled", t, run_id=run_id)
     frac = filled / max(total, 1)
     line = (f"uncertainty from {K} seeds: {100 * frac:.2f} % of pixels prior-filled (seed spread > 0.1 model units "
             "where the data cannot tell the seeds apart) — labels/prior_filled, maps in uncertainty/; reported, not flagged")
-    if storage.is_frame_output(out):  # a global operator sees every pixel a little: the spread is what to read
-        p90 = [float(np.nanquantile(storage.read_uncertainty(out, t)["spread"], 0.9)) for t in range(out.n_frames)]
+    if whole:  # a global operator sees every pixel a little: the spread is what to read
         line += (f". Whole frames of a global operator: prior-filled marks only pixels the measurements do not see; "
                  f"what the prior decided shows in the seed spread (uncertainty/spread, p90 per frame "
                  f"{min(p90):.3g}–{max(p90):.3g} image units; docs/audit.md §3)")
