@@ -12,8 +12,9 @@ file size for TIFF, every frame's size and dtype for folders) so :func:`storage.
 before it writes anything; errors are :class:`storage.safety.SourceError` with the file named.
 
 Axis conventions: TIFF uses tifffile's axes (OME-XML / ImageJ hyperstack order; pages = Y,X[,S];
-``Z`` -> z, ``C`` -> c, every other leading axis flattened, in file order, into t) unless ``axes=``
-names every series dimension. ``.npy`` and HDF5 take ``axes=`` (letters of ``tczyx`` in the
+``Z`` -> z, ``C`` -> c, interleaved samples -> c, every other axis — planar samples included —
+flattened, in file order, into t; docs/volumes.md has the table) unless ``axes=`` names every
+series dimension. ``.npy`` and HDF5 take ``axes=`` (letters of ``tczyx`` in the
 array's order), else HDF5 dimension labels when they are such letters, else ``yx`` (2-D),
 ``tyx`` (3-D), ``tcyx`` (4-D).
 """
