@@ -49,10 +49,14 @@ Modules (every public name is importable from ``ddiff.audit``):
 :mod:`~ddiff.audit.stats` (per-entry statistics, null cumulants, p-values, multiplicity control),
 :mod:`~ddiff.audit.regions` (observed entries, grids, windows, :func:`audit`),
 :mod:`~ddiff.audit.spread` (:func:`uncertainty` from K seeds),
-:mod:`~ddiff.audit.synthetic` (synthetic truths, planted disks, detection rates).
+:mod:`~ddiff.audit.synthetic` (synthetic truths, planted disks, detection rates),
+:mod:`~ddiff.audit.bounds` (per-pixel bound features, the fitted scale rule, calibrated bounds),
+:mod:`~ddiff.audit.rcps` (Hoeffding–Bentkus / Waudby-Smith–Ramdas bounds, the RCPS factor λ).
 """
 from __future__ import annotations
 
+from .bounds import FEATURES, ScaleRule, apply_bounds, bound_features, calibrate_bounds, fit_scale_rule
+from .rcps import BOUNDS, hb_pvalue, hb_ucb, min_calibration_frames, rcps_lambda, ucb, wsr_ucb
 from .regions import AuditResult, audit, image_grid_factor, observed_mask, to_image_grid, window_sums
 from .spread import UncertaintyResult, uncertainty
 from .stats import (
@@ -85,4 +89,17 @@ __all__ = [
     "smooth_field",
     "plant_disk",
     "detection_rates",
+    "FEATURES",
+    "ScaleRule",
+    "bound_features",
+    "fit_scale_rule",
+    "calibrate_bounds",
+    "apply_bounds",
+    "BOUNDS",
+    "hb_pvalue",
+    "hb_ucb",
+    "wsr_ucb",
+    "ucb",
+    "min_calibration_frames",
+    "rcps_lambda",
 ]

@@ -53,14 +53,16 @@ class UncertaintyResult:
         return out
 
 
-def _diag_ata(operator, x_like: torch.Tensor, probes: int, generator: torch.Generator) -> torch.Tensor | None:
-    """``diag(AᵀA)`` summed over channels, (B, H, W): exact from a mask, else Hutchinson
-    ``E[z ⊙ AᵀA z]`` with Rademacher ``z`` (``probes`` draws), ``None`` when ``A`` is nonlinear."""
+def _diag_ata(operator, x_like: torch.Tensor, probes: int, generator: torch.Generator,
+              weight: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``diag(Aᴴ W A)`` summed over channels, (B, H, W) float64 (``W`` = ``weight`` per measurement entry,
+    default 1): exact from a mask, else Hutchinson ``E[z ⊙ Aᴴ W A z]`` with Rademacher ``z``
+    (``probes`` draws), ``None`` when ``A`` is nonlinear."""
     mask = getattr(operator, "mask", None)
     if isinstance(mask, torch.Tensor):
         try:
             mk = torch.broadcast_to((mask != 0).double(), x_like.shape)
-            return mk.sum(1)
+            return (mk if weight is None else mk * torch.broadcast_to(weight.double(), x_like.shape)).sum(1)
         except RuntimeError:
             pass
     if not getattr(operator, "linear", False):
@@ -68,7 +70,8 @@ def _diag_ata(operator, x_like: torch.Tensor, probes: int, generator: torch.Gene
     acc = torch.zeros(x_like.shape, dtype=torch.float64, device=x_like.device)
     for _ in range(probes):
         z = (torch.randint(0, 2, x_like.shape, generator=generator).to(x_like) * 2 - 1)
-        ata = operator.adjoint(operator(z))
+        az = operator(z)
+        ata = operator.adjoint(az if weight is None else az * weight.to(az.real.dtype))
         acc += (z * ata.real if ata.is_complex() else z * ata).double()
     return (acc / probes).sum(1)
 
