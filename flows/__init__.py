@@ -50,7 +50,7 @@ _EXPORTS = {
     "train_prior": ".train", "benchmark": ".bench",
     "IngestParams": ".params", "ReconstructParams": ".params", "AuditParams": ".params", "TrainParams": ".params",
     "BenchmarkParams": ".params", "OperatorSpec": ".params", "NoiseSpec": ".params", "SolverSpec": ".params",
-    "ExecutionSpec": ".params",
+    "ExecutionSpec": ".params", "calibrate_bounds_flow": ".calibrate", "CalibrateParams": ".calibrate",
 }
 __all__ = list(_EXPORTS)
 

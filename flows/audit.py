@@ -34,6 +34,7 @@ import storage
 from ddiff.audit import audit
 
 from . import tiles as T
+from .audit_bounds import bounds_audit
 from .audit_regions import RegionAudit
 from .bricks import is_volume_output
 from .audit_report import frame_rows, render_audit_report, summary_markdown
@@ -136,11 +137,17 @@ def _audit(p: AuditParams) -> dict:
             storage.consolidate(out.path)
             logger.info("volume audit: %d of %d bricks flagged", len(vol["bricks_flagged"]), vol["bricks"])
         unc = _prior_filled_label(out, lock.run_id)
+        bnd = bounds_audit(out, p.max_width, lock.run_id, report_dir)
     logger.info(unc["line"])
+    if bnd is not None:
+        logger.info(bnd["line"])
+        unc = {**unc, "line": unc["line"] + "\n\n" + bnd["line"]}
     chi, pv = [float(v) for v in res.chi2_nu], [float(v) for v in res.p_value]
     flags_frame = [bool(v) for v in res.flagged]
     rows = [{"frame": b, **{k: v for k, v in r.items() if k != "sample"}, "tiles_flagged": int(tile_flags[b].sum()),
-             "flagged": flags_frame[b]} for b, r in enumerate(frame_rows(res))]
+             "flagged": flags_frame[b], **({} if bnd is None else {k: bnd["frames"][b][k] for k in
+                                                                    ("mean_width", "unresolved_fraction")})}
+            for b, r in enumerate(frame_rows(res))]
     if first is None:  # frames too large to draw: the report has the numbers, napari shows the maps
         pics, x, y = res, None, None
     else:
@@ -152,6 +159,10 @@ def _audit(p: AuditParams) -> dict:
                                   sample_names=[f"frame {t}" for t in range(int(pics.tile_flag.shape[0]))])
     with open(md_path, "a", encoding="utf-8") as fh:
         fh.write(f"\n## Uncertainty (seed spread)\n\n{unc['line']}\n")
+        if bnd is not None:
+            fh.write("\n| frame | mean bound width (image units) | unresolved fraction |\n|---|---|---|\n"
+                     + "".join(f"| {r['frame']} | {r['mean_width']:.4g} | {r['unresolved_fraction']:.4f} |\n"
+                               for r in bnd["frames"]))
     flagged_tiles = [(int(t), int(k)) for t, k in zip(*np.nonzero(tile_flags))]
     n_flag = sum(flags_frame)
     if p.artifacts:
@@ -162,7 +173,8 @@ def _audit(p: AuditParams) -> dict:
                                                "report": abspath(md_path), "alpha": p.alpha})
     return {"report": str(md_path), "dataset": f"{out.path}/audit", "chi2_nu": chi, "p_value": pv,
             "frames_flagged": [t for t, b in enumerate(flags_frame) if b], "tiles_flagged": flagged_tiles,
-            "prior_filled_fraction": unc["fraction"], "uncertainty": unc["line"], **({"volume": vol} if vol else {})}
+            "prior_filled_fraction": unc["fraction"], "uncertainty": unc["line"], **({"volume": vol} if vol else {}),
+            **({} if bnd is None else {"bounds": {k: v for k, v in bnd.items() if k != "png"}})}
 
 
 def _audit_regions(out: storage.OutputStore, p: AuditParams, run_id: str, logger):
@@ -317,5 +329,7 @@ def _publish(out, p: AuditParams, res, rows: list[dict], md_path: Path, report_d
         if q.is_file():
             md += [f"### frame {q.stem.rsplit('_', 1)[-1]}", "", png_markdown(q, q.stem), ""]
     md += ["### χ²_ν against its expected density", "", png_markdown(report_dir / "audit_chi2_hist.png", "chi2 histogram")]
+    if (report_dir / "bounds_width_0.png").is_file():  # calibrated bounds: where they are wide
+        md += ["", "### Calibrated bound width, frame 0", "", png_markdown(report_dir / "bounds_width_0.png", "width")]
     create_markdown_artifact("\n".join(md), key=artifact_key("audit", out.path),
                              description=f"hallucination audit: {n_flag}/{out.n_frames} frames flagged — {where}")

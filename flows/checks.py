@@ -155,6 +155,9 @@ def check_reconstruct(p) -> Prepared:
     from .bricks import check_volume, is_volume_run
 
     if is_volume_run(p):  # z-stacks solved as bricks (flows.volumes)
+        if getattr(p, "calibration", None):
+            raise ValueError("--calibration with a volume run: calibrated bounds of z-stacks are not built yet; "
+                             "reconstruct the planes with a 2-D operator for bounds")
         return check_volume(p)
     check_operator(p.operator.name, p.operator.params)
     stack = storage.open_stack(p.input_store)

@@ -168,6 +168,12 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_calibrate(a) -> int:
+    from .calibrate import run_calibrate
+
+    return run_calibrate(a, command_server)
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -255,7 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--report-dir", default=None)
     sp.add_argument("--alpha", type=float, default=0.05)
     sp.add_argument("--window", type=int, default=16)
+    sp.add_argument("--max-width", type=float, default=None, help="calibrated bounds wider than this (image units) "
+                    "are labelled unresolved (default: 10%% of the input's intensity range)")
     sp.set_defaults(fn=cmd_audit)
+
+    sp = sub.add_parser("calibrate", help="calibrate per-pixel error bounds on references with ground truth",
+                        description="Reconstruct REFERENCES (an ingested store of ground-truth frames; measurements "
+                                    "simulated with the operator and --sigma, or real ones with --measurements) with "
+                                    "the run's settings and K seeds, and write the calibration record RECORD (JSON) "
+                                    "for `ddiff reconstruct --calibration RECORD` (RCPS; docs/audit.md §6).")
+    sp.add_argument("references")
+    sp.add_argument("record")
+    sp.add_argument("--measurements", default=None, help="ingested store of real measurements of the same frames")
+    sp.add_argument("--work-dir", default=None, help="simulated store and reconstruction (default: RECORD.work)")
+    sp.add_argument("--alpha", type=float, default=0.1, help="expected fraction of pixels outside their bounds (0.1)")
+    sp.add_argument("--delta", type=float, default=0.1, help="probability that the calibration set misleads (0.1)")
+    sp.add_argument("--bound", default="wsr", choices=["wsr", "hb"], help="Waudby-Smith–Ramdas (default) or "
+                    "Hoeffding–Bentkus upper confidence bound")
+    _add_reconstruct_options(sp, calibrate=True)
+    sp.set_defaults(fn=cmd_calibrate, seeds=4)
 
     sp = sub.add_parser("train", help="train a compact prior on an ingested store of clean images",
                         description="Train (or resume) a diffusion prior on crops of DATA (flow train_prior).")

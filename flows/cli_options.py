@@ -22,6 +22,7 @@ def _reconstruct_params(a) -> "flows.ReconstructParams":  # noqa: F821
         operator={"name": a.operator, "params": _kv(a.op_param, "--op-param")},
         noise=_noise_options(a), prior=a.prior, solver=solver,
         tile=a.tile, overlap=a.overlap, seed=a.seed, execution=execution, overwrite=a.overwrite,
+        calibration=getattr(a, "calibration", None),
         **{k: getattr(a, k) for k in ("brick_z", "overlap_z") if getattr(a, k, None) is not None})
 
 
@@ -34,7 +35,7 @@ def _noise_options(a) -> dict:
     return {"kind": kind, **{k: v for k, v in given.items() if v is not None}}
 
 
-def _add_reconstruct_options(sp, demo: bool = False) -> None:
+def _add_reconstruct_options(sp, demo: bool = False, calibrate: bool = False) -> None:
     g = sp.add_argument_group("model")
     if not demo:
         g.add_argument("--operator", default="gaussian_blur", help="forward model name (default: gaussian_blur)")
@@ -69,6 +70,11 @@ def _add_reconstruct_options(sp, demo: bool = False) -> None:
                    help="solve each tile (or whole frame) K times (K >= 2): the estimate is their mean, and the "
                         "seed spread and prior-filled maps are kept (recon.zarr/uncertainty, labels/prior_filled "
                         "after the audit)")
+    if not demo and not calibrate:
+        g.add_argument("--calibration", default=None, metavar="REC",
+                       help="calibration record from `ddiff calibrate` ('demo': the shipped one for the demo's "
+                            "setting): also write per-pixel bounds uncertainty/lower and uncertainty/upper with the "
+                            "record's guarantee; implies the record's --seeds; refused if the record's settings differ")
     t = sp.add_argument_group("tiling and execution")
     t.add_argument("--tile", type=int, default=256 if not demo else 128,
                    help="tile core size (pixels)" + ("; demo default = the whole 128px frame, try 64 to see "

@@ -43,6 +43,7 @@ from . import tiles as T
 from .measure import MeasurementMap, measurement_operator
 from .noise import resolve_measurement_noise
 from .params import ReconstructParams
+from .calibration import attach_calibration
 from .batches import Tally, batch_run_name, cut_for_testing, in_flight, retryable, run_batches, run_stage
 from .reconstruct import solver_config
 from .run_report import frame_table, summary_markdown
@@ -112,7 +113,7 @@ def solve_frame_batch(desc: dict) -> dict:
     with T._device_guard(device, desc.get("gpu_limit")):
         if zb is None:
             res = solver.solve(y, A, noise, generator=gens, x_shape=(len(frames), y.shape[1], A.Np, A.Mp))
-            unc = T.seed_spread(res, A, noise, y)  # (B, 3, Np, Mp) with seeds >= 2, else None
+            unc = T.seed_spread(res, A, noise, y, cfg.get("bounds"))  # (B, 6, Np, Mp) with seeds >= 2, else None
             x = res.x
         else:  # the brick as one volume (1, C, Z, ·, ·); its core slices are kept
             yv = y.movedim(0, 1)[None]
@@ -165,6 +166,9 @@ def frame_config(p: ReconstructParams, stack: storage.Stack, meas: dict) -> tupl
         config["zbricks"] = {"brick_z": int(p.brick_z), "overlap_z": int(p.overlap_z if p.overlap_z is not None else 2)}
     if estimate is not None:
         config["noise_estimate"] = estimate
+    if p.calibration and p.solver.name in FRAME_VOLUME_SOLVERS:
+        raise ValueError(f"--calibration with solver {p.solver.name}: bounds of volumes are not built yet; use --solver ddiff")
+    attach_calibration(p.calibration, p.solver.seeds, config, prior_sha, float(noise.sigma))  # measurement units
     return config, prior_sha
 
 

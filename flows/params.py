@@ -262,6 +262,8 @@ class ReconstructParams(_Model):
     overlap_z: Optional[int] = Field(None, ge=0, description="volumes: planes beyond its core whose measurements a "
                                      "brick also fits (None: twice the operator's halo_z, at least 1)")
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    calibration: Optional[str] = Field(None, description="calibration record (`ddiff calibrate`; 'demo' = the shipped "
+                                       "one): also write calibrated bounds uncertainty/lower, upper; implies its seeds")
     overwrite: bool = Field(False, description="replace an output written with a different configuration")
     artifacts: bool = Field(True, description="publish progress/summary artifacts")
     # testing hook, left out of the JSON schema: deployment forms in the Prefect UI never show it
@@ -283,6 +285,8 @@ class AuditParams(_Model):
     window: int = Field(16, ge=1)
     control: Literal["sidak", "bonferroni", "bh"] = "sidak"
     max_figures: int = Field(4, ge=0)
+    max_width: Optional[float] = Field(None, gt=0, description="calibrated bounds wider than this (image units) are "
+                                       "labelled unresolved (default: 10 % of the input's intensity range)")
     artifacts: bool = True
 
 

@@ -33,6 +33,7 @@ from ddiff.priors.loading import NAMED_WEIGHTS
 
 from . import tiles as T
 from .batches import Tally, batch_run_name, cut_for_testing, in_flight, retryable, run_batches, run_stage
+from .calibration import attach_calibration
 from .checks import check_reconstruct
 from .noise import noise_model, resolve_noise, sample_frames
 from .params import ReconstructParams
@@ -76,6 +77,9 @@ def run_config(p: ReconstructParams) -> tuple[dict, "T.Geometry", int, str]:
     config = solver_config(p, p.operator.name, p.operator.params, prior_path, noise.model_dump(exclude_none=True))
     if estimate is not None:  # deterministic (a fixed sample of the stack): a resumed run hashes the same
         config["noise_estimate"] = estimate
+    sigma = config["noise"].get("sigma") if config["noise"].get("kind") == "gaussian" else None
+    attach_calibration(p.calibration, p.solver.seeds, config, prior_sha,
+                       None if sigma is None else float(sigma) * abs(stack.intensity.scale))
     return config, geo, C, prior_sha
 
 

@@ -222,15 +222,23 @@ def make_solver(config: dict, prior, keep_samples: bool = False):
     return solver
 
 
-def seed_spread(res, A, noise, y: torch.Tensor) -> np.ndarray | None:
-    """``(B, 3, H, W)`` float32 maps of a multi-seed result, in the order of ``storage.UNC_MAPS``:
-    seed spread (model units), measured spread (noise sd; NaN when the grids are unrelated) and
-    prior-filled (0/1) — :func:`ddiff.audit.uncertainty` on the K runs. ``None`` for one seed."""
+def seed_spread(res, A, noise, y: torch.Tensor, bounds: dict | None = None) -> np.ndarray | None:
+    """``(B, 6, H, W)`` float32 maps of a multi-seed result, in the order of ``storage.UNC_MAPS``:
+    seed spread (model units), measured spread (noise sd; NaN when the grids are unrelated),
+    prior-filled (0/1) — :func:`ddiff.audit.uncertainty` on the K runs —, the bound features
+    posterior sd and structure (:func:`ddiff.audit.bound_features`, model units) and the calibrated
+    half-width ``λ·s`` (``bounds`` = the run's ``config["bounds"]``; NaN without). ``None`` for one seed."""
     if res.samples is None:
         return None
+    from ddiff.audit import ScaleRule, bound_features
+
     u = uncertainty(res.samples.float(), A, noise, y)
+    feats = bound_features(res.samples.float(), A, noise, y)
     ms = u.measured_spread if u.measured_spread is not None else torch.full_like(u.spread, float("nan"))
-    return torch.stack([u.spread, ms.to(u.spread), u.prior_filled.to(u.spread)], 1).float().cpu().numpy()
+    half = (float(bounds["lambda"]) * ScaleRule.from_dict(bounds["rule"]).scale(feats) if bounds
+            else torch.full_like(u.spread, float("nan")))
+    return torch.stack([u.spread, ms.to(u.spread), u.prior_filled.to(u.spread), feats[:, 1].to(u.spread),
+                        feats[:, 2].to(u.spread), half.to(u.spread)], 1).float().cpu().numpy()
 
 
 def data_residual(y: np.ndarray, Ax: np.ndarray, valid: np.ndarray, scale: float) -> np.ndarray:
@@ -306,7 +314,7 @@ def solve_batch(desc: dict) -> dict:
     solver = make_solver(cfg, prior, keep_samples=True)
     with _device_guard(device, desc.get("gpu_limit")):
         res = solver.solve(y, A, noise, generator=gens, x_shape=x_shape)
-    unc = seed_spread(res, A, noise, y)
+    unc = seed_spread(res, A, noise, y, cfg.get("bounds"))
     x = res.x.float()
     with torch.no_grad():
         Ax = A(x)

@@ -35,7 +35,7 @@ from .pyramid import consolidate
 from .safety import (ConfigMismatchError, InputChangedError, LockError, NonFiniteError, RunLock, SourceError,
                      StorageError, StorageWriteError, StoreExistsError, file_sha256, reclaim_orphans, safe_subpath)
 from .tiling import Tile, TilePlan
-from .uncertainty import UNC_MAPS, has_uncertainty, read_uncertainty
+from .uncertainty import UNC_MAPS, has_uncertainty, is_bounded, read_bounds, read_uncertainty
 
 __all__ = [
     "ingest", "check_ingest", "open_stack", "verify_stack", "Stack", "IntensityMap", "TilePlan", "Tile",
@@ -46,6 +46,6 @@ __all__ = [
     "measurement_of", "read_extra", "create_frame_output", "frame_spec", "write_frame_result", "is_frame_output",
     "StorageError", "StoreExistsError", "ConfigMismatchError", "LockError", "NonFiniteError", "SourceError",
     "InputChangedError", "StorageWriteError", "open_input", "output_action", "reclaim_orphans",
-    "UNC_MAPS", "has_uncertainty", "read_uncertainty", "create_audit", "write_audit_frame", "write_audit_block",
+    "UNC_MAPS", "has_uncertainty", "read_uncertainty", "is_bounded", "read_bounds", "create_audit", "write_audit_frame", "write_audit_block",
     "finish_audit",
 ]

@@ -94,7 +94,8 @@ def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping,
     """Write one solved frame: ``recon`` ``(C, N, M)`` model space (mapped to the image's physical
     units here), ``diagnostics`` (any of :data:`DIAG_SCALARS`), ``residual`` ``(C, h, w)`` float
     on the measurement grid (measurement units, NaN where unmeasured), and for a ``seeds ≥ 2`` run
-    ``uncertainty`` ``(3, N, M)`` (the maps of :data:`storage.UNC_MAPS`, spread in model units); then
+    ``uncertainty`` ``(6, N, M)`` (the maps of :data:`storage.UNC_MAPS`, model units; with calibrated bounds
+    also ``uncertainty/lower``/``upper`` = x ∓ halfwidth); then
     mark the frame solved and assembled. Every write is one whole chunk or region, so rewriting gives
     identical bytes."""
     out = _as_output(out)
@@ -124,7 +125,7 @@ def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping,
         u = np.asarray(uncertainty, dtype=np.float32)
         if u.shape != (len(UNC_MAPS), N, M):
             raise StorageError(f"uncertainty of frame {frame} has shape {u.shape}; expected {(len(UNC_MAPS), N, M)}")
-        write_uncertainty_core(out.group("r+"), out.layout, frame, slice(None), slice(None), u, out.intensity.scale)
+        write_uncertainty_core(out.group("r+"), out.layout, frame, slice(None), slice(None), u, out.intensity, mean=x)
     write_residual(out.path, frame, (0, h, 0, w), r)
     write_scalars(out.path, frame, 0, dict(diagnostics))
     sha = hashlib.sha256(x.tobytes()).hexdigest()

@@ -74,7 +74,7 @@ from .provenance import open_input, output_action
 from .pyramid import consolidate, level_layout, pyramid_levels
 from .safety import RunLock, StorageError, TargetAppearedError, atomic_directory, write_error
 from .tiling import TilePlan
-from .uncertainty import create_uncertainty, keeps_seeds
+from .uncertainty import create_uncertainty, is_bounded, keeps_seeds
 
 __all__ = ["OUTPUT_KIND", "DIAG_SCALARS", "OutputStore", "Ledger", "create_output", "open_output", "output_action",
            "open_input"]
@@ -247,7 +247,8 @@ def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest:
                              fill_value=float("nan"), dimension_names=("frame", "tile", "c", "y", "x"))
     if keeps_seeds(manifest):  # --seeds K: the seed spread (tiles: staged and blended like the image)
         create_uncertainty(tmp, layout, (cy, cx), r["scale"], r["units"], plan.n_tiles if tiled else None,
-                           (sy, sx) if tiled else None, _compressors("blosc-zstd", f32))
+                           (sy, sx) if tiled else None, _compressors("blosc-zstd", f32),
+                           levels=levels if is_bounded(manifest) else 0)
     cfg = manifest["config"]
     create_diagnostics(tmp, stack.layout, plan, stack.scale, stack.units, attrs={
         "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),

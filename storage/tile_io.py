@@ -24,7 +24,7 @@ from .provenance import open_input
 from .pyramid import build_pyramid
 from .safety import StorageError, atomic_write_json, require_lock, write_error
 from .tiling import Tile, TilePlan
-from .uncertainty import UNC_MAPS, keeps_seeds, write_uncertainty_core
+from .uncertainty import UNC_MAPS, bounds_pyramid, is_bounded, keeps_seeds, write_uncertainty_core
 
 __all__ = ["TileInput", "read_tile", "write_tile_result", "assemble_tile", "assemble_frame", "finalize"]
 
@@ -91,7 +91,7 @@ def write_tile_result(out, frame: int, tile: int, recon: np.ndarray, diagnostics
     ``recon``: model space, ``(C, bh·f, bw·f)`` (blend window) or ``(C, rh·f, rw·f)`` (read window,
     cropped here); must be finite. ``diagnostics``: any of :data:`DIAG_SCALARS`. ``residual``:
     ``y − A x`` on the input grid, blend- or read-window shaped; its core is stored.
-    ``uncertainty``: ``(3, ·, ·)`` on the output grid, blend- or read-window shaped — the tile's
+    ``uncertainty``: ``(6, ·, ·)`` on the output grid, blend- or read-window shaped — the tile's
     seed spread (model units), measured spread (noise sd) and prior-filled map (0/1) in the order
     of :data:`storage.uncertainty.UNC_MAPS`; required exactly when the output keeps seeds.
     """
@@ -161,8 +161,8 @@ def assemble_tile(out, frame: int, tile: int, *, run_id: str | None = None) -> N
         acc = _blend(g["staging/contrib"], op, to, frame, C)
         Planes(g["0"], out.layout)[frame, :, y0:y1, x0:x1] = out.intensity.from_model(acc)
         if keeps_seeds(out.manifest):  # the seed-spread maps, with the image's weights
-            maps = _blend(g["staging/uncertainty"], op, to, frame, len(UNC_MAPS))
-            write_uncertainty_core(g, out.layout, frame, slice(y0, y1), slice(x0, x1), maps, out.intensity.scale)
+            maps = _blend(g["staging/uncertainty"], op, to, frame, g["staging/uncertainty"].shape[2])
+            write_uncertainty_core(g, out.layout, frame, slice(y0, y1), slice(x0, x1), maps, out.intensity, mean=acc)
         _fault("before_assembled_mark")
         out.ledger.mark_done(frame, t.index, "assembled", run_id=run_id)
     except OSError as exc:
@@ -203,6 +203,8 @@ def _pyramid(out: OutputStore, frame: int, run_id: str | None) -> None:
         return
     require_lock(out.path, run_id)
     build_pyramid(out.group("w"), out.layout, out.levels, int(frame))
+    if is_bounded(out.manifest):  # the calibrated bounds get the image's pyramid
+        bounds_pyramid(out.group("w"), out.layout, out.levels, int(frame))
     out.ledger.mark_done(frame, 0, "pyramid", run_id=run_id)
 
 

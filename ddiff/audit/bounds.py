@@ -139,9 +139,13 @@ def fit_scale_rule(feats: np.ndarray, err: np.ndarray, alpha: float, max_pixels:
 def calibrate_bounds(feats: np.ndarray, err: np.ndarray, alpha: float, delta: float, bound: str = "wsr",
                      fit_fraction: float = 0.5, rule: ScaleRule | None = None, seed: int = 0) -> dict:
     """Fit the scale rule on the first ``fit_fraction`` of the frames (or take ``rule``), choose λ by
-    RCPS on the rest. ``feats`` ``(n, F, H, W)``, ``err`` ``(n, H, W)`` = |truth − x̄| (model units,
-    frames in a random order). Returns ``{"rule", "lambda", "ucb", "risk", "n_fit", "n_lambda", ...}``."""
-    n = int(err.shape[0])
+    RCPS on the rest. ``feats`` ``(n, F, H, W)``, ``err`` ``(n, H, W)`` or ``(n, C, H, W)`` = |truth − x̄|
+    (model units, frames in a random order; every channel of a pixel shares its half-width).
+    Returns ``{"rule", "lambda", "ucb", "risk", "n_fit", "n_lambda", ...}``."""
+    err = np.asarray(err, np.float64)
+    if err.ndim == 3:
+        err = err[:, None]
+    n, C = int(err.shape[0]), int(err.shape[1])
     need = min_calibration_frames(alpha, delta, bound)
     n_fit = 0 if rule is not None else int(round(fit_fraction * n))
     if n - n_fit < need:
@@ -149,10 +153,11 @@ def calibrate_bounds(feats: np.ndarray, err: np.ndarray, alpha: float, delta: fl
         raise ValueError(f"{n} calibration frames are too few for alpha {alpha:g}, delta {delta:g} ({bound.upper()}): "
                          f"at least {total} are needed ({need} for choosing λ"
                          + ("" if rule is not None else f", after {fit_fraction:.0%} fit the scale rule") + ")")
-    if rule is None:
-        rule = fit_scale_rule(feats[:n_fit], err[:n_fit], alpha, seed=seed)
-    s = np.asarray(rule.scale(np.asarray(feats[n_fit:], np.float64)))
-    e = np.asarray(err[n_fit:], np.float64)
+    if rule is None:  # every channel of a fitting frame is one more set of pixels for the fit
+        f = np.repeat(np.asarray(feats[:n_fit], np.float64)[:, None], C, 1).reshape((-1,) + feats.shape[1:])
+        rule = fit_scale_rule(f, err[:n_fit].reshape((-1,) + err.shape[2:]), alpha, seed=seed)
+    s = np.asarray(rule.scale(np.asarray(feats[n_fit:], np.float64)))[:, None]
+    e = err[n_fit:]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(s > 0, e / np.where(s > 0, s, 1), np.where(e > 0, np.inf, 0.0))
     lam = rcps_lambda(list(ratios), alpha, delta, bound)
