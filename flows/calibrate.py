@@ -215,7 +215,7 @@ def run_calibrate(a, command_server) -> int:
     if r is None:
         raise ValueError(f"references {a.references!r} is not an ingested store; run `ddiff ingest REFS {a.references}` first")
     p = CalibrateParams(references=a.references, record=a.record, measurements=a.measurements, work_dir=a.work_dir,
-                        alpha=a.alpha, delta=a.delta, bound=a.bound, operator=r.operator, noise=r.noise, prior=r.prior,
+                        alpha=a.alpha, delta=a.delta, bound=a.bound, fit_fraction=a.fit_fraction, operator=r.operator, noise=r.noise, prior=r.prior,
                         solver=r.solver, tile=r.tile, overlap=r.overlap, seed=r.seed, execution=r.execution,
                         overwrite=a.overwrite)
     check_calibrate(p)  # before Prefect starts: bad input is one line, nothing written

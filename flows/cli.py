@@ -206,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "CPU, offline, a few minutes.")
     sp.add_argument("--dir", default="ddiff-demo", help="working folder (default: ./ddiff-demo)")
     sp.add_argument("--frames", type=int, default=8)
-    sp.add_argument("--size", type=int, default=128, help="frame side in pixels (held-out parts are >= 128 wide)")
+    sp.add_argument("--size", type=int, default=None, help="frame side in pixels (default 128; with --bounds the "
+                    "shipped record's frame size; held-out parts are >= 128 wide)")
+    sp.add_argument("--bounds", action="store_true", help="also compute per-pixel error bounds with the shipped "
+                    "calibration record (its K seeds: K x the solver cost) and show how often they hold the truth")
     sp.add_argument("--sigma", type=float, default=0.05,
                     help="noise σ of the generated stack in model space [-1, 1] (= σ/2 in its stored units)")
     _add_reconstruct_options(sp, demo=True)
@@ -278,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--delta", type=float, default=0.1, help="probability that the calibration set misleads (0.1)")
     sp.add_argument("--bound", default="wsr", choices=["wsr", "hb"], help="Waudby-Smith–Ramdas (default) or "
                     "Hoeffding–Bentkus upper confidence bound")
+    sp.add_argument("--fit-fraction", type=float, default=0.5, help="share of the frames that fit the scale rule; "
+                    "the rest choose the factor (0.5)")
     _add_reconstruct_options(sp, calibrate=True)
     sp.set_defaults(fn=cmd_calibrate, seeds=4)
 

@@ -81,7 +81,7 @@ def _demo_label(params: dict) -> str:
 @flow(name="ddiff-demo", persist_result=False, flow_run_name=flow_run_namer("demo", "folder", _demo_label))
 def demo_pipeline(folder: str, frames: int = 8, size: int = 128, sigma: float = 0.05, seed: int = 0,
                   prior: str = "default", solver: dict | None = None, tile: int = 128, overlap: int = 8,
-                  execution: dict | None = None, progress: bool = False) -> dict:
+                  execution: dict | None = None, progress: bool = False, calibration: str | None = None) -> dict:
     """``ddiff demo`` as ONE parent flow run: generate -> ingest -> reconstruct -> audit, each stage a
     child run (named from the data, tagged operator/solver/prior/user). Returns the stages' results
     and their wall times."""
@@ -107,7 +107,7 @@ def demo_pipeline(folder: str, frames: int = 8, size: int = 128, sigma: float = 
         p = ReconstructParams(
             input_store=str(root / "input.zarr"), output_store=str(root / "recon.zarr"), operator=data["operator"],
             noise={"kind": "gaussian", "sigma": sigma / 2}, prior=prior, solver=solver, tile=tile, overlap=overlap,  # data units: stored = (model + 1)/2
-            seed=seed, execution=execution or {}, overwrite=True)
+            seed=seed, execution=execution or {}, overwrite=True, calibration=calibration)
         t = time.perf_counter()
         with _LedgerProgress(p.output_store, "tiles solved", progress):
             states = {"reconstruct": reconstruct_stack(p, return_state=True)}
@@ -136,6 +136,16 @@ def run_demo(a) -> int:
     con = Console()
     t_start = time.perf_counter()
     root = Path(a.dir).resolve()
+    calibration = None
+    if getattr(a, "bounds", False):  # the shipped record: its frame size and tiles, its K (flows.calibration)
+        from .calibration import load_record
+
+        rec = load_record("demo")
+        calibration = "demo"
+        a.size = a.size or int(rec["frame_shape"][0])
+        if a.tile == 128 and a.size == int(rec["frame_shape"][0]):
+            a.tile, a.overlap = int(rec["tile"]), int(rec["overlap"])
+    a.size = a.size or 128
     if a.prior == "default" and not DEFAULT_WEIGHTS.is_file():
         raise FileNotFoundError(f"the embedded default prior is not installed ({DEFAULT_WEIGHTS} is missing); "
                                 "run the demo with --prior PATH/TO/prior.safetensors (e.g. one made by `ddiff train`)")
@@ -148,7 +158,7 @@ def run_demo(a) -> int:
                                  "max_workers": a.workers, "torch_threads": a.threads,
                                  "dask_address": a.dask_address, "dask_workers": a.dask_workers,
                                  "gpu_limit": a.gpu_limit},
-                      progress=not a.no_progress)
+                      progress=not a.no_progress, calibration=calibration)
     data, rec, aud, stamps = r["data"], r["reconstruct"], r["audit"], r["stamps"]
 
     out = storage.open_output(r["output"])
@@ -161,14 +171,26 @@ def run_demo(a) -> int:
         flagged[fr] = flagged.get(fr, 0) + 1
     tab = Table(title=f"ddiff demo — {a.frames} held-out frames {a.size}x{a.size}, "
                       f"{data['operator']['name']} {data['operator']['params']} + noise σ={a.sigma}")
-    for col in ("frame", "image", "PSNR degraded", "PSNR recon", "χ²_ν", "flagged tiles"):
+    cols = ["frame", "image", "PSNR degraded", "PSNR recon", "χ²_ν", "flagged tiles"]
+    inside = None
+    if calibration:  # the bounds against the truth the demo knows (physical units [0, 1])
+        cols += ["bound width", "truth inside bounds"]
+        t_phys = np.load(data["truth"])
+        inside = [np.mean((storage.read_bounds(out, i)[0] <= t_phys[i]) & (t_phys[i] <= storage.read_bounds(out, i)[1]))
+                  for i in range(a.frames)]
+    for col in cols:
         tab.add_column(col, justify="right" if col != "image" else "left")
     for i in range(a.frames):
+        extra = [] if inside is None else [f"{aud['bounds']['frames'][i]['mean_width']:.3f}", f"{100 * inside[i]:.1f} %"]
         tab.add_row(str(i), data["names"][i], f"{float(p_deg[i]):.2f}", f"{float(p_rec[i]):.2f}",
-                    f"{aud['chi2_nu'][i]:.3f}", f"{flagged.get(i, 0)}/{out.plan.n_tiles}")
+                    f"{aud['chi2_nu'][i]:.3f}", f"{flagged.get(i, 0)}/{out.plan.n_tiles}", *extra)
+    extra = [] if inside is None else [f"{np.mean([r['mean_width'] for r in aud['bounds']['frames']]):.3f}",
+                                       f"{100 * np.mean(inside):.1f} %"]
     tab.add_row("mean", "", f"{float(p_deg.mean()):.2f}", f"{float(p_rec.mean()):.2f}",
-                f"{float(np.mean(aud['chi2_nu'])):.3f}", f"{sum(flagged.values())}/{out.plan.n_tiles * a.frames}")
+                f"{float(np.mean(aud['chi2_nu'])):.3f}", f"{sum(flagged.values())}/{out.plan.n_tiles * a.frames}", *extra)
     con.print(tab)
+    if calibration:
+        con.print(aud["uncertainty"].split("\n\n")[-1])
     total = time.perf_counter() - t_start
     con.print(f"input store   {r['input']}\nreconstruction {r['output']}  (OME-NGFF image at the root + labels/audit_flags; diagnostics/, audit/)\n"
               f"audit report  {aud['report']}\ntruth / degraded  {data['truth']} / {data['degraded']}")

@@ -145,3 +145,43 @@ def test_calibrate_refuses_bad_references_in_one_line_writing_nothing(flows_env,
     with pytest.raises(ValueError, match="has 11 frames but"):
         check_calibrate(_cal_params(_refs(tmp_path / "ok"), tmp_path / "d.json", prior, measurements=str(meas)))
     assert not any((tmp_path / f"{c}.json").exists() or (tmp_path / f"{c}.json.work").exists() for c in "abcd")
+
+
+def test_paired_kspace_calibration_and_whole_frame_bounds(flows_env, tmp_path):
+    """References paired with a store of their (simulated, here) k-space: the whole-frame path writes the
+    bounds with the frame, and they hold the seed mean."""
+    import operators
+    import torch
+    from operators.fourier import fft2c
+
+    n, sigma = 12, 0.02
+    x = (smooth_truth(n, 16, 16, seed=9) + 1) / 2
+    np.save(tmp_path / "refs.npy", x)
+    refs = tmp_path / "refs.zarr"
+    flows.ingest_stack(flows.IngestParams(source=str(tmp_path / "refs.npy"), store=str(refs), axes="tcyx",
+                                          intensity=[0, 1]), artifacts=False)
+    mask = operators.get_operator("mri_cartesian", acceleration=2, image_size=16, seed=1).mask().numpy().astype(bool)
+    g = np.random.default_rng(2)
+    k = fft2c(torch.from_numpy(x).to(torch.complex64)).numpy()
+    k = ((k + sigma * (g.standard_normal(k.shape) + 1j * g.standard_normal(k.shape))) * mask).astype(np.complex64)
+    np.save(tmp_path / "k.npy", k)
+    meas = tmp_path / "k.zarr"
+    flows.ingest_stack(flows.IngestParams(source=str(tmp_path / "k.npy"), store=str(meas), domain="kspace",
+                                          intensity=[0, 1]), artifacts=False)
+    solver = {"name": "ddiff", "steps": 3, "seeds": 2}
+    res = flows.calibrate_bounds_flow(flows.CalibrateParams(
+        references=str(refs), record=str(tmp_path / "k.json"), measurements=str(meas), alpha=ALPHA, delta=DELTA,
+        noise={"sigma": sigma}, prior=str(flows_env["prior"]), solver=solver, seed=1,
+        execution={"batch_size": 4, "torch_threads": 1}))
+    rec = json.loads((tmp_path / "k.json").read_text())
+    assert rec["measurements"].endswith("k.zarr") and rec["operator"]["name"] == "mri_cartesian" and res["ucb"] < ALPHA
+    p = flows.ReconstructParams(input_store=str(meas), output_store=str(tmp_path / "kb.zarr"), noise={"sigma": sigma},
+                                prior=str(flows_env["prior"]), solver={"steps": 3}, seed=4, artifacts=False,
+                                execution={"batch_size": 4, "torch_threads": 1}, calibration=str(tmp_path / "k.json"))
+    flows.reconstruct_stack(p)
+    out = storage.open_output(p.output_store)
+    for t in range(n):
+        lo, hi = storage.read_bounds(out, t)
+        xr = out.recon()[t]
+        assert lo.shape == xr.shape == (1, 16, 16) and np.all(lo <= xr + 1e-6) and np.all(xr <= hi + 1e-6)
+        np.testing.assert_allclose(hi - lo, 2 * storage.read_uncertainty(out, t)["halfwidth"][None], rtol=1e-4, atol=1e-5)
