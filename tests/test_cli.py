@@ -7,7 +7,7 @@ import pytest
 
 from flows.cli import main
 
-COMMANDS = ["demo", "ingest", "reconstruct", "audit", "train", "bench"]
+COMMANDS = ["demo", "ingest", "reconstruct", "audit", "calibrate", "train", "bench"]
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -33,6 +33,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     rc = main(["ingest", str(tmp_path / "nothing.tif"), str(tmp_path / "in.zarr"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "Traceback" not in err[0]
+    rc = main(["calibrate", str(tmp_path / "refs.zarr"), str(tmp_path / "rec.json"), "--sigma", "0.02", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "ddiff ingest" in err[0] and not (tmp_path / "rec.json").exists()
 
 
 def test_cli_round_trip(flows_env, tmp_path, capsys):
