@@ -37,10 +37,11 @@ from . import tiles as T
 from .audit_bounds import bounds_audit
 from .audit_regions import RegionAudit
 from .bricks import is_volume_output
-from .audit_report import frame_rows, render_audit_report, summary_markdown
+from .audit_report import PRIOR_ONLY, frame_rows, render_audit_report, summary_markdown, unmeasured
 from .checks import check_audit
 from .noise import noise_model
 from .params import AuditParams
+from .run_report import prior_only_tiles
 from .ui import abspath, artifact_key, emit, flow_run_namer, png_markdown, report_failure, run_tags, tag_this_run
 from .volume_audit import audit_planes, audit_volumes, volumes_chunk
 
@@ -143,7 +144,10 @@ def _audit(p: AuditParams) -> dict:
         logger.info(bnd["line"])
         unc = {**unc, "line": unc["line"] + "\n\n" + bnd["line"]}
     chi, pv = [float(v) for v in res.chi2_nu], [float(v) for v in res.p_value]
-    flags_frame = [bool(v) for v in res.flagged]
+    none = unmeasured(res)  # no (or too few) valid measurements: the prior's invention, never "fine"
+    flags_frame = [bool(v) or b in none for b, v in enumerate(res.flagged)]
+    if none:
+        logger.warning("%s: frames %s", PRIOR_ONLY, none[:50])
     rows = [{"frame": b, **{k: v for k, v in r.items() if k != "sample"}, "tiles_flagged": int(tile_flags[b].sum()),
              "flagged": flags_frame[b], **({} if bnd is None else {k: bnd["frames"][b][k] for k in
                                                                     ("mean_width", "unresolved_fraction")})}
@@ -173,6 +177,7 @@ def _audit(p: AuditParams) -> dict:
                                                "report": abspath(md_path), "alpha": p.alpha})
     return {"report": str(md_path), "dataset": f"{out.path}/audit", "chi2_nu": chi, "p_value": pv,
             "frames_flagged": [t for t, b in enumerate(flags_frame) if b], "tiles_flagged": flagged_tiles,
+            "frames_prior_only": none,
             "prior_filled_fraction": unc["fraction"], "uncertainty": unc["line"], **({"volume": vol} if vol else {}),
             **({} if bnd is None else {"bounds": {k: v for k, v in bnd.items() if k != "png"}})}
 
@@ -187,13 +192,14 @@ def _audit_regions(out: storage.OutputStore, p: AuditParams, run_id: str, logger
     n = out.n_frames
     storage.create_audit(out, maps=True)
     tile_flags, frames = np.zeros((n, out.plan.n_tiles), bool), []
+    no_data = prior_only_tiles(out)
     for t in range(n):
         fa = ra.frame(t, on_window_p=lambda y0, x0, a, t=t: storage.write_audit_block(out, "window_p", t, y0, x0, a))
         for y0, x0, fm in ra.flag_blocks(fa):
             storage.write_audit_block(out, "flag_map", t, y0, x0, fm)
             storage.write_flag_label(out, "audit_flags", t, fm, run_id=run_id, origin=(y0, x0), pyramid=False)
         storage.label_pyramid(out, "audit_flags", t, run_id=run_id)
-        tile_flags[t] = ra.tile_flags(fa)
+        tile_flags[t] = ra.tile_flags(fa) | no_data[t]  # a tile with no valid measurement is flagged too
         frames.append(fa)
         r = ra.result([fa])
         _write_frame(out, t, r, 0, tile_flags[t])
@@ -230,8 +236,8 @@ def _audit_whole_frames(out: storage.OutputStore, p: AuditParams, run_id: str, l
                 storage.write_audit_block(out, "window_p", c0 + b, 0, 0, res.window_p[b].float().cpu().numpy())
                 storage.write_flag_label(out, "audit_flags", c0 + b, fm[b], run_id=run_id)
                 tile_flags[c0 + b] = [fm[b, y0:y1, x0:x1].any() for y0, y1, x0, x1 in (t.core for t in out.plan)]
-        else:
-            tile_flags[c0:c1, :] = res.flagged.cpu().numpy()[:, None]  # one tile per frame = the frame test
+        else:  # one tile per frame = the frame test (a frame without measurements flagged too)
+            tile_flags[c0:c1, :] = (res.flagged.cpu().numpy() | np.isin(np.arange(c1 - c0), unmeasured(res)))[:, None]
         for b in range(c1 - c0):
             _write_frame(out, c0 + b, res, b, tile_flags[c0 + b])
         results.append(res)
@@ -243,7 +249,7 @@ def _audit_whole_frames(out: storage.OutputStore, p: AuditParams, run_id: str, l
 def _write_frame(out: storage.OutputStore, frame: int, res, b: int, tile_flags: np.ndarray) -> None:
     """Sample ``b`` of an audit result as the numbers of ``frame`` in ``audit/``."""
     vals = {k: float(getattr(res, k)[b]) for k in ("chi2_nu", "z", "p_value", "p_value_low")}
-    vals["frame_flag"] = bool(res.flagged[b])
+    vals["frame_flag"] = bool(res.flagged[b]) or b in unmeasured(res)
     vals["n_flagged_windows"] = int(res.region_flag[b].sum()) if res.region_flag is not None else 0
     storage.write_audit_frame(out, frame, vals, tile_flags)
 

@@ -31,7 +31,26 @@ from matplotlib.figure import Figure
 
 from ddiff.audit import AuditResult, UncertaintyResult, scaled_chi2_pdf
 
-__all__ = ["render_audit_report", "summary_markdown", "frame_rows"]
+__all__ = ["render_audit_report", "summary_markdown", "frame_rows", "MIN_MEASUREMENTS", "PRIOR_ONLY", "prior_only",
+           "unmeasured"]
+
+#: A frame or tile with fewer valid measured values than this is reported as invented, never as fine:
+#: its χ² test has (next to) no degrees of freedom, so a fit and a pure prior draw look the same.
+MIN_MEASUREMENTS = 16
+PRIOR_ONLY = "no measurements: prior only"
+
+
+def prior_only(dof) -> bool:
+    """Whether a frame/tile with ``dof`` valid measured values is prior only (< :data:`MIN_MEASUREMENTS`;
+    NaN — nothing recorded — counts as none)."""
+    return not float(dof) >= MIN_MEASUREMENTS
+
+
+def unmeasured(result: AuditResult) -> list[int]:
+    """The audited samples of ``result`` that are prior only (a volume's planes within halo_z of its
+    ends are *not audited* — NaN statistics — which is another statement)."""
+    return [b for b in range(int(result.tile_flag.shape[0]))
+            if prior_only(result.dof[b]) and math.isfinite(float(result.chi2_nu[b]))]
 
 
 def _np(t) -> np.ndarray:
@@ -71,11 +90,14 @@ def frame_rows(result: AuditResult, names: list[str] | None = None) -> list[dict
     ``flagged_windows`` — the per-sample table of the report and of the Prefect table artifact."""
     B = int(result.tile_flag.shape[0])
     names = names or [str(b) for b in range(B)]
-    rows = []
+    rows, nothing = [], set(unmeasured(result))
     for b in range(B):
         m = max(float(result.dof[b]), 1.0)
+        none = b in nothing  # nothing to test against: said, and flagged by the flows
         rows.append({"sample": names[b], "chi2_nu": round(float(result.chi2_nu[b]), 4),
-                     "expected": f"{float(result.stat_mean[b]) / m:.3f} ± {float(result.stat_std[b]) / m:.3f}",
+                     "expected": "—" if none else f"{float(result.stat_mean[b]) / m:.3f} ± {float(result.stat_std[b]) / m:.3f}",
+                     "measurements": int(result.dof[b]) if math.isfinite(float(result.dof[b])) else 0,
+                     "note": f"{PRIOR_ONLY} (< {MIN_MEASUREMENTS} valid values)" if none else "",
                      "z": round(float(result.z[b]), 2), "p_misfit": float(f"{float(result.p_value[b]):.3g}"),
                      "p_overfit": float(f"{float(result.p_value_low[b]):.3g}"), "tile_flag": bool(result.tile_flag[b]),
                      "flagged_windows": (int(result.region_flag[b].sum()) if result.region_flag is not None else None)})
@@ -104,6 +126,10 @@ def summary_markdown(result: AuditResult, unc: UncertaintyResult | None = None) 
         )
     else:
         lines.append("- region test: not available (global operator or unrelated grids) — tile test only")
+    none = unmeasured(result)
+    if none:
+        lines.append(f"- **{PRIOR_ONLY}: {len(none)} / {B}** sample(s) with fewer than {MIN_MEASUREMENTS} valid "
+                     f"measured values — their content is the prior's invention, flagged: {none[:20]}")
     chi = _np(result.chi2_nu)
     chi = chi[np.isfinite(chi)] if np.isfinite(chi).any() else np.full(1, np.nan)  # NaN: not audited (dof 0)
     lines.append(f"- χ²_ν: median {np.median(chi):.4f}, range {chi.min():.4f} – {chi.max():.4f}; "
@@ -262,8 +288,9 @@ def render_audit_report(
            "|---|---|---|---|---|---|---|---|"]
     for r in frame_rows(result, names)[:200]:
         nwin = "—" if r["flagged_windows"] is None else r["flagged_windows"]
+        flag = f"**{r['note']}**" if r["note"] else ("**yes**" if r["tile_flag"] else "no")
         md.append(f"| {r['sample']} | {r['chi2_nu']:.4f} | {r['expected']} | {r['z']:+.2f} | {r['p_misfit']:.3g} | "
-                  f"{r['p_overfit']:.3g} | {'**yes**' if r['tile_flag'] else 'no'} | {nwin} |")
+                  f"{r['p_overfit']:.3g} | {flag} | {nwin} |")
     if B > 200:
         md.append(f"| … | {B - 200} more rows in the diagnostics dataset | | | | | | |")
     md += ["", "## Figures", "", "![χ² histogram](audit_chi2_hist.png)", "",

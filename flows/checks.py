@@ -188,7 +188,10 @@ def check_audit(output_store: str) -> None:
     """A finished output whose input store is still the one it was made from."""
     import storage
 
+    from storage.provenance import check_manifest
+
     out = storage.open_output(output_store)
     if not out.complete:
         raise storage.StorageError(f"{out.path} is not complete; finish `ddiff reconstruct` (rerun it to resume) first")
+    check_manifest(out)  # the audit tests against the manifest's operator and noise: they must be what ran
     storage.open_input(out)

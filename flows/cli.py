@@ -100,7 +100,19 @@ def cmd_reconstruct(a) -> int:
     _console().print(f"noise: {noise_text({k: r.get(k) for k in ('noise', 'noise_estimate', 'noise_units')})}")
     _console().print(f"[green]done[/green] {r['output']}: {r['solved']} tiles solved, {r['skipped']} resumed, "
                      f"{r['wall_seconds']:.1f}s (solver {r['solver_seconds']:.1f}s)")
+    _prior_only_line(r)
     return 0
+
+
+def _prior_only_line(r: dict) -> None:
+    """Frames/tiles without (enough) valid measurements: their content is invented — said, never "done" alone."""
+    from .audit_report import MIN_MEASUREMENTS, PRIOR_ONLY
+
+    if r.get("frames_prior_only") or r.get("tiles_prior_only"):
+        tiles = f", {r['tiles_prior_only']} tile(s)" if r.get("tiles_prior_only") else ""
+        _console().print(f"[yellow]{PRIOR_ONLY}[/yellow]: frames {r.get('frames_prior_only', [])}{tiles} had fewer "
+                         f"than {MIN_MEASUREMENTS} valid measured values — their content is the prior's invention "
+                         "(flagged by `ddiff audit`)")
 
 
 def cmd_audit(a) -> int:
@@ -114,6 +126,11 @@ def cmd_audit(a) -> int:
                                              window=a.window))
     _console().print(f"[green]audit[/green] report {r['report']}; frames flagged {r['frames_flagged']}; "
                      f"tiles flagged {len(r['tiles_flagged'])}")
+    if r.get("frames_prior_only"):
+        from .audit_report import MIN_MEASUREMENTS, PRIOR_ONLY
+
+        _console().print(f"[yellow]{PRIOR_ONLY}[/yellow]: frames {r['frames_prior_only']} (fewer than "
+                         f"{MIN_MEASUREMENTS} valid measured values; flagged)")
     if r.get("volume"):  # z-stacks: the 3-D re-measurement per plane and per brick (audit_volume/)
         v = r["volume"]
         _console().print(f"volume: per-plane χ²_ν {v['planes']} (None: within halo_z of the stack's ends, not "

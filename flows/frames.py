@@ -242,7 +242,7 @@ def reconstruct_frames(p: ReconstructParams, state: dict) -> dict:
     ``state["progress"]``: the progress artifact's id (for the failure summary)."""
     from prefect.runtime import flow_run
 
-    from .run_report import frame_fit_rows, publish_fit_table
+    from .run_report import frame_fit_rows, prior_only_result, publish_fit_table
 
     logger = get_run_logger()
     t0 = time.perf_counter()
@@ -266,7 +266,7 @@ def reconstruct_frames(p: ReconstructParams, state: dict) -> dict:
               "nfe": stage["nfe"], "complete": True, "worker_pids": stage["pids"],
               "worker_threads": [out.manifest["config"].get("torch_threads")], "noise": out.manifest["config"]["noise"],
               "noise_estimate": out.manifest["config"].get("noise_estimate"),
-              "noise_units": out.manifest["config"]["noise_units"]}
+              "noise_units": out.manifest["config"]["noise_units"], **prior_only_result(out, logger)}
     if p.artifacts:
         fit = frame_fit_rows(out.path)
         publish_fit_table(out.path, fit)

@@ -199,7 +199,8 @@ def reconstruct_stack(params: ReconstructParams) -> dict:
 def _reconstruct(p: ReconstructParams, state: dict) -> dict:
     from prefect.runtime import flow_run
 
-    from .run_report import chi2_flags, frame_fit_rows, frame_table, publish_fit_table, summary_markdown
+    from .run_report import (chi2_flags, frame_fit_rows, frame_table, prior_only_result, publish_fit_table,
+                             summary_markdown)
 
     if storage.measurement_of(p.input_store) is not None:  # sinograms, k-space, ...: whole frames
         from .frames import reconstruct_frames
@@ -238,7 +239,7 @@ def _reconstruct(p: ReconstructParams, state: dict) -> dict:
               "skipped": already, "wall_seconds": time.perf_counter() - t0,
               "solver_seconds": stage["solver_seconds"], "nfe": stage["nfe"], "complete": True,
               "worker_pids": stage["pids"], "worker_threads": stage["threads"], "noise": out.manifest["config"]["noise"],
-              "noise_estimate": out.manifest["config"].get("noise_estimate")}
+              "noise_estimate": out.manifest["config"].get("noise_estimate"), **prior_only_result(out, logger)}
     if p.artifacts:
         rows, flags, fit = frame_table(out), chi2_flags(out), frame_fit_rows(out.path)
         publish_fit_table(out.path, fit)

@@ -32,7 +32,50 @@ if TYPE_CHECKING:
     from .params import ReconstructParams
 
 __all__ = ["frame_fit_rows", "publish_fit_table", "publish_failure", "resume_command", "publish_verdict", "frame_table",
-           "chi2_flags", "noise_text", "settings_text", "summary_markdown"]
+           "chi2_flags", "noise_text", "settings_text", "summary_markdown", "prior_only_tiles", "prior_only_frames"]
+
+
+def _finite(fn, a) -> float | None:
+    """``fn`` over the finite values of ``a``; None when there are none (a tile with no measurement has
+    no χ²_ν — said as "—", never as a number or a numpy warning)."""
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(fn(a)) if a.size else None
+
+
+def prior_only_tiles(out) -> np.ndarray:
+    """``(N, n_tiles)`` bool: tiles whose blend window held fewer than ``MIN_MEASUREMENTS`` valid
+    measured values (the solver's ``dof``) — reconstructed from the prior alone. (Outputs that record
+    no per-tile ``dof`` — NaN, whole frames — are judged by the audit's count instead.)"""
+    from .audit_report import MIN_MEASUREMENTS
+
+    ds = out.open_diagnostics()
+    if "dof" not in ds:
+        return np.zeros((out.n_frames, out.plan.n_tiles), bool)
+    dof = np.asarray(ds["dof"].values, dtype=np.float64)
+    return np.isfinite(dof) & (dof < MIN_MEASUREMENTS)
+
+
+def prior_only_result(out, logger=None) -> dict:
+    """``{"frames_prior_only": [...], "tiles_prior_only": n}`` for a run's result (warned in its log)."""
+    from .audit_report import PRIOR_ONLY
+
+    frames, tiles = prior_only_frames(out), int(prior_only_tiles(out).sum())
+    if (frames or tiles) and logger is not None:
+        logger.warning("%s: frames %s, %d tile(s) — flagged by the audit", PRIOR_ONLY, frames[:50], tiles)
+    return {"frames_prior_only": frames, "tiles_prior_only": tiles}
+
+
+def prior_only_frames(out) -> list[int]:
+    """Frames whose tiles together held fewer than ``MIN_MEASUREMENTS`` valid measured values."""
+    from .audit_report import MIN_MEASUREMENTS
+
+    ds = out.open_diagnostics()
+    if "dof" not in ds:
+        return []
+    dof = np.asarray(ds["dof"].values, dtype=np.float64)
+    rec = np.isfinite(dof).all(axis=1)  # every tile recorded its count
+    return [int(t) for t in np.flatnonzero(rec & (np.where(rec[:, None], dof, 0).sum(axis=1) < MIN_MEASUREMENTS))]
 
 
 def frame_fit_rows(output_store) -> list[dict]:
@@ -52,10 +95,11 @@ def frame_fit_rows(output_store) -> list[dict]:
         # tiled outputs: block by block (no frame in memory); whole-frame outputs and volumes: a chunk of frames
         res = ra.result([ra.frame(t) for t in range(c0, c1)]) if ra is not None else audit_frames(out.path, c0, c1)[0]
         for t, r in zip(range(c0, c1), frame_rows(res)):
-            tc = tile_chi[t]
+            lo, hi = _finite(np.min, tile_chi[t]), _finite(np.max, tile_chi[t])
             rows.append({"frame": t, "chi2_nu": r["chi2_nu"], "expected": r["expected"], "z": r["z"],
-                         "p_misfit": r["p_misfit"], "tile_chi2_nu_min": round(float(np.nanmin(tc)), 4),
-                         "tile_chi2_nu_max": round(float(np.nanmax(tc)), 4)})
+                         "p_misfit": r["p_misfit"], "tile_chi2_nu_min": None if lo is None else round(lo, 4),
+                         "tile_chi2_nu_max": None if hi is None else round(hi, 4),
+                         "measurements": r["measurements"], "note": r["note"]})
     return rows
 
 
@@ -165,10 +209,15 @@ def publish_verdict(output_store, rec: dict, aud: dict, states: dict, alpha: flo
     child runs (``states``: ``{"reconstruct": State, "audit": State, ...}``). Returns the verdict."""
     from prefect.artifacts import create_markdown_artifact
 
+    from .audit_report import PRIOR_ONLY
+
     n, flagged = rec["n_frames"], aud["frames_flagged"]
+    none = aud.get("frames_prior_only") or []
     chi = np.asarray(aud["chi2_nu"], dtype=np.float64)
-    verdict = ("OK: no frame contradicts its measurements" if not flagged else
-               f"LOOK: {len(flagged)} of {n} frames contradict their measurements somewhere")
+    misfit = [t for t in flagged if t not in none]
+    parts = ([f"{len(misfit)} of {n} frames contradict their measurements somewhere"] if misfit else []) + (
+        [f"{len(none)} of {n} frames have {PRIOR_ONLY}"] if none else [])
+    verdict = "OK: no frame contradicts its measurements" if not flagged else "LOOK: " + "; ".join(parts)
     lines = [f"# {verdict}", "", f"- output: `{abspath(output_store)}`",
              f"- reconstruction: complete, {n} frames, {rec['solved']} tiles solved now, {rec['skipped']} reused; "
              f"wall {rec['wall_seconds']:.1f}s (solver {rec['solver_seconds']:.1f}s)",
@@ -179,7 +228,8 @@ def publish_verdict(output_store, rec: dict, aud: dict, states: dict, alpha: flo
              + " · ".join(f"[{k}]({_run_link(s)})" for k, s in states.items()), "",
              "| frame | χ²_ν (frame) | p (misfit) | flagged |", "|---|---|---|---|"]
     for t in range(min(n, 200)):
-        lines.append(f"| {t} | {chi[t]:.4f} | {float(aud['p_value'][t]):.3g} | {'**yes**' if t in flagged else 'no'} |")
+        flag = f"**{PRIOR_ONLY}**" if t in none else ("**yes**" if t in flagged else "no")
+        lines.append(f"| {t} | {chi[t]:.4f} | {float(aud['p_value'][t]):.3g} | {flag} |")
     create_markdown_artifact("\n".join(lines), key=artifact_key("verdict", output_store),
                              description=f"{verdict} — {abspath(output_store)}")
     return verdict
@@ -210,7 +260,7 @@ def frame_table(out: storage.OutputStore) -> list[dict]:
     sec = np.asarray(ds["seconds"].values, dtype=np.float64)
     rows = []
     for t in range(chi.shape[0]):
-        rows.append({"frame": t, "chi2_mean": float(np.nanmean(chi[t])), "chi2_max": float(np.nanmax(chi[t])),
+        rows.append({"frame": t, "chi2_mean": _finite(np.mean, chi[t]), "chi2_max": _finite(np.max, chi[t]),
                      "seconds": float(np.nansum(sec[t]))})
     return rows
 
@@ -248,6 +298,19 @@ def settings_text(config: dict) -> str:
     return f"solver `{config.get('solver')}` with its own data step"
 
 
+def _prior_only_lines(out: storage.OutputStore, fit: list[dict] | None) -> list[str]:
+    """The frames and tiles reconstructed from the prior alone (no, or too few, valid measurements)."""
+    from .audit_report import MIN_MEASUREMENTS, PRIOR_ONLY
+
+    frames = sorted({r["frame"] for r in fit or [] if r.get("note")} | set(prior_only_frames(out)))
+    tiles = prior_only_tiles(out)
+    if not frames and not tiles.any():
+        return []
+    return ["", f"**{PRIOR_ONLY}** — frames {frames[:50] or 'none'}; {int(tiles.sum())} tile(s) "
+                f"{[(int(t), int(k)) for t, k in zip(*np.nonzero(tiles))][:20]}: fewer than {MIN_MEASUREMENTS} valid "
+                "measured values, so their content is the prior's invention (flagged by `ddiff audit`)"]
+
+
 def _volume_lines(config: dict) -> list[str]:
     """A volume run: how its z axis was cut into bricks (flows.bricks), before the frame (= plane) table."""
     if "volume" not in config:
@@ -277,16 +340,19 @@ def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dic
              *_volume_lines(out.manifest["config"]),
              "| frame | χ²_ν (frame) | expected | p (misfit) | tile χ²_ν mean | tile χ²_ν max | solver s |",
              "|---|---|---|---|---|---|---|"]
+    def num(v):
+        return "—" if v is None else f"{v:.4f}"
+
     for r in rows[:200]:
         f = fit_by.get(r["frame"], {})
-        frame_chi = f"{f['chi2_nu']:.4f}" if f else "—"
+        frame_chi = (f"**{f['note']}**" if f.get("note") else f"{f['chi2_nu']:.4f}") if f else "—"
         lines.append(f"| {r['frame']} | {frame_chi} | {f.get('expected', '—')} | {f.get('p_misfit', '—')} | "
-                     f"{r['chi2_mean']:.4f} | {r['chi2_max']:.4f} | {r['seconds']:.2f} |")
+                     f"{num(r['chi2_mean'])} | {num(r['chi2_max'])} | {r['seconds']:.2f} |")
     lines += ["", "*χ²_ν (frame)* is the number the audit and `ddiff demo` report: the assembled frame re-measured, "
               "entries within the operator's halo of the frame edge left out. *tile χ²_ν* is each tile's own fit "
               "(blend window, against its reflect-padded read window, edge included) — what the self-calibrated data "
               "step drives to τ; the two differ by a few percent (docs/audit.md §1).",
-              "", f"**Tiles with implausible tile χ²_ν (p < 0.01): {len(flags)}**", ""]
+              *_prior_only_lines(out, fit), "", f"**Tiles with implausible tile χ²_ν (p < 0.01): {len(flags)}**", ""]
     for t, k, c, pv in flags[:50]:
         lines.append(f"- frame {t} tile {k}: χ²_ν = {c:.3f} (p = {pv:.2g})")
     lines += ["", "Run `ddiff audit` (flow `audit-reconstruction`) for the regional hallucination audit."]

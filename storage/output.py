@@ -70,7 +70,7 @@ from .ingest import Stack, _compressors, _store_kind, open_stack
 from .intensity import IntensityMap
 from .ledger import Ledger
 from .ome import ome_image_attrs
-from .provenance import open_input, output_action
+from .provenance import damaged_output, open_input, output_action
 from .pyramid import consolidate, level_layout, pyramid_levels
 from .safety import RunLock, StorageError, TargetAppearedError, atomic_directory, write_error
 from .tiling import TilePlan
@@ -166,6 +166,7 @@ def open_output(path) -> OutputStore:
     path = Path(path)
     kind = _store_kind(path) if path.is_dir() else None
     if kind != OUTPUT_KIND:
+        damaged_output(path)
         raise StorageError(f"{path} is not a ddiff output store (kind={kind!r}); create it with storage.create_output")
     root = zarr.open_group(LocalStore(path, read_only=True), mode="r")
     return OutputStore(path, dict(root.attrs["ddiff"]))

@@ -23,7 +23,8 @@ from .safety import (ConfigMismatchError, InputChangedError, RunLock, StorageErr
                      canonical_hash, creatable)
 from .tiling import TilePlan
 
-__all__ = ["input_record", "open_input", "output_action"]
+__all__ = ["input_record", "open_input", "output_action", "manifest_diff", "damaged_output",
+           "check_manifest"]
 
 
 def input_record(stack: Stack) -> dict:
@@ -70,6 +71,31 @@ def open_input(out, path=None) -> Stack:
     return stack
 
 
+def _config_hash(config, prior_sha256, input_sha256, plan: dict, scale: int, image_shape=None) -> str:
+    """The manifest's ``config_hash``: configuration, prior and input checksums, plan, scale (and the
+    image grid of a whole-frame output)."""
+    identity = {"config": config, "prior_sha256": prior_sha256, "input_sha256": input_sha256, "plan": plan,
+                "scale": scale}
+    if image_shape is not None:
+        identity.update(image_shape=list(image_shape), layout="frames")
+    return canonical_hash(identity)
+
+
+def check_manifest(out) -> None:
+    """Raise :class:`ConfigMismatchError` when an output's manifest no longer hashes to its own
+    ``config_hash`` (a field edited after the run — e.g. the noise level the audit tests against)."""
+    m = out.manifest
+    try:
+        ok = m["config_hash"] == _config_hash(m["config"], m.get("prior_sha256"), m["input"]["data_sha256"], m["plan"],
+                                              m["scale"], m.get("image_shape"))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigMismatchError(f"{out.path}: its manifest was edited or damaged after the run (its fields no longer "
+                                  "hash to its config_hash), so it no longer says what ran; rebuild the output "
+                                  "(reconstruct with overwrite=True) or restore its zarr.json")
+
+
 def _unused(old) -> bool:
     """An output no tile was ever solved into and no live run holds: a failed or killed start."""
     holder = RunLock.holder(old.path)
@@ -94,13 +120,10 @@ def output_action(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
     scale = int(scale)
     inp = input_record(stack)
     config = dict(config)
-    identity = {"config": config, "prior_sha256": prior_sha256, "input_sha256": inp["data_sha256"],
-                "plan": plan.to_dict(), "scale": scale}
     image_shape = None
     if frames is not None:  # the reconstruction has a grid of its own (part of the identity)
         image_shape = tuple(int(v) for v in frames["image_shape"])
-        identity.update(image_shape=list(image_shape), layout="frames")
-    config_hash = canonical_hash(identity)
+    config_hash = _config_hash(config, prior_sha256, inp["data_sha256"], plan.to_dict(), scale, image_shape)
     manifest = {"kind": OUTPUT_KIND, "version": package_version(), "config_hash": config_hash, "config": config,
                 "prior_sha256": prior_sha256, "input": inp, "plan": plan.to_dict(), "scale": scale,
                 "recon": _recon_meta(stack, plan, scale, image_shape),
@@ -115,10 +138,19 @@ def output_action(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
         return "create", manifest
     kind = _store_kind(path) if path.is_dir() else None
     if kind != OUTPUT_KIND:
+        damaged_output(path)  # an output whose manifest was truncated or emptied: said so, not "unrelated"
         raise StoreExistsError(f"{path} already holds unrelated data; nothing was written. Choose a new output "
                                "path (overwrite=True never deletes data this package did not write)")
     old = open_output(path)
     if old.manifest["config_hash"] == config_hash:
+        # the command decides what runs, never the store: every field the run reads from the manifest
+        # must equal what this command computes (an edited prior_path, seed, plan, ... is refused)
+        edits = manifest_diff(old.manifest, manifest)
+        if edits:
+            raise ConfigMismatchError(
+                f"cannot resume {path}: its manifest does not match this command ({edits[0]}); the manifest was "
+                "edited or damaged, so the tiles in it cannot be trusted to continue this run — pass overwrite=True "
+                "to rebuild it, or choose another output path")
         if not os.access(path, os.W_OK):
             raise StorageError(f"cannot resume {path}: the folder is not writable; fix its permissions")
         return "resume", manifest
@@ -130,9 +162,60 @@ def output_action(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
     oc = json.loads(json.dumps(old.manifest["config"], default=str))
     nc = json.loads(json.dumps(config, default=str))
     diff = [f"{k} {oc.get(k)!r} -> {nc.get(k)!r}" for k in sorted(set(oc) | set(nc)) if oc.get(k) != nc.get(k)]
+    if not diff:  # the prior's bytes, the plan, ...: name the field, not just the hash
+        diff = [d.replace("the store has ", "").replace(", this command ", " -> ")
+                for d in manifest_diff(old.manifest, manifest) if not d.startswith("config_hash")]
     raise ConfigMismatchError(
         f"{path} was written with a different configuration (config_hash {old.manifest['config_hash'][:12]} "
         f"!= {config_hash[:12]}{'; ' + ', '.join(diff)[:300] if diff else ''}); pass overwrite=True to replace it "
         "or choose another output path")
+
+
+#: the manifest fields a run reads to decide what it computes (``created``/``version`` are history)
+_WHAT_RUNS = ("config_hash", "config", "prior_sha256", "input", "plan", "scale", "recon", "layout", "image_shape",
+              "measurement", "residual_units")
+
+
+def _leaves(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict) and obj:
+        out = {}
+        for k, v in obj.items():
+            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 300 else r[:297] + "…"
+
+
+def manifest_diff(stored: Mapping, computed: Mapping) -> list[str]:
+    """The fields of a stored output manifest that differ from the one a command computes, each as
+    ``"config.prior_path: the store has '…', this command '…'"`` (empty when they agree)."""
+    a = _leaves({k: stored.get(k) for k in _WHAT_RUNS})
+    b = _leaves(json.loads(json.dumps({k: computed.get(k) for k in _WHAT_RUNS}, default=str)))
+    return [f"{k}: the store has {_short(a.get(k))}, this command {_short(b.get(k))}"
+            for k in sorted(set(a) | set(b), key=lambda k: (k.split(".")[0] != "config", k)) if a.get(k) != b.get(k)]
+
+
+def damaged_output(path) -> None:
+    """Raise :class:`StorageError` when ``path`` is an output store (it has the ``_ledger/`` folder every
+    output has) whose root ``zarr.json`` no longer holds a readable ddiff manifest."""
+    path = Path(path)
+    if not (path / "_ledger").is_dir():
+        return
+    meta = path / "zarr.json"
+    try:
+        json.loads(meta.read_text(encoding="utf-8"))["attributes"]["ddiff"]["kind"]
+        return
+    except FileNotFoundError:
+        why = "it is missing"
+    except (ValueError, UnicodeDecodeError) as exc:
+        why = f"it is truncated or not JSON: {str(exc).split(':')[0]}"
+    except (KeyError, TypeError):
+        why = "it holds no ddiff manifest"
+    raise StorageError(f"{path} is a ddiff output store whose manifest {meta} is damaged ({why}); nothing was "
+                       "written. Restore that file (e.g. from a backup), or delete the store to start over")
 
 
