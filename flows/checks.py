@@ -30,7 +30,12 @@ def check_ingest(p) -> None:
     """Raise the error ``ingest_stack(p)`` would raise before writing (``p``: :class:`IngestParams`)."""
     from storage.ingest import check_ingest as check
 
-    check(p.source, p.store, axes=p.axes, overwrite=p.overwrite, measurement=p.domain != "image")
+    check(p.source, p.store, axes=p.axes, overwrite=p.overwrite, measurement=p.domain != "image", mask=p.mask,
+          bad_pixels=p.bad_pixels, saturation=p.saturation)
+    if p.domain != "image":  # complex k-space, real sinograms, the angles: from the first frames, nothing written
+        from .measure import measurement_record
+
+        measurement_record(p)
 
 
 def check_device(device: str) -> None:

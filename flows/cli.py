@@ -63,8 +63,10 @@ def cmd_ingest(a) -> int:
         except ValueError:
             raise ValueError(f"--intensity {a.intensity!r}: give two numbers LOW,HIGH (e.g. 0,4095) or one of "
                              "percentile, minmax, dtype") from None
+    from storage.validity import saturation_level
+
     sat = a.saturation
-    sat = None if sat == "none" else (sat if sat == "dtype" else float(sat))
+    sat = None if sat == "none" else (sat if sat == "dtype" else saturation_level(sat, None))
     pixel = None if a.pixel_size is None else [float(v) for v in a.pixel_size.split(",")]
     p = IngestParams(source=a.source, store=a.store, axes=a.axes, chunk=a.chunk, intensity=intensity,
                      nonfinite=a.nonfinite, saturation=sat, mask=a.mask, bad_pixels=a.bad_pixels,

@@ -17,13 +17,29 @@ def _reconstruct_params(a) -> "flows.ReconstructParams":  # noqa: F821
                  "torch_threads": a.threads, "dask_address": a.dask_address, "dask_workers": a.dask_workers,
                  "gpu_limit": a.gpu_limit}
     solver = _solver_options(a)
+    if getattr(a, "operator", None) is not None:
+        _explicit_operator(a.input, a.operator)
     return ReconstructParams(
         input_store=a.input, output_store=a.output,
-        operator={"name": a.operator, "params": _kv(a.op_param, "--op-param")},
+        operator={"name": getattr(a, "operator", None) or "gaussian_blur", "params": _kv(a.op_param, "--op-param")},
         noise=_noise_options(a), prior=a.prior, solver=solver,
         tile=a.tile, overlap=a.overlap, seed=a.seed, execution=execution, overwrite=a.overwrite,
         calibration=getattr(a, "calibration", None),
         **{k: getattr(a, k) for k in ("brick_z", "overlap_z") if getattr(a, k, None) is not None})
+
+
+def _explicit_operator(input_store: str, name: str) -> None:
+    """A measurement store brings its own forward model: an explicit ``--operator`` naming another is
+    refused (the default, left out, is not a choice)."""
+    import storage
+
+    try:
+        meas = storage.measurement_of(input_store)
+    except Exception:  # noqa: BLE001 - a missing input is reported by the pre-flight checks
+        return
+    if meas is not None and name != meas["operator"]["name"]:
+        raise ValueError(f"{input_store} holds {meas['domain']} measurements of `{meas['operator']['name']}` (geometry "
+                         f"recorded at ingest); drop --operator {name}: the store's operator is used")
 
 
 def _noise_options(a) -> dict:
@@ -38,7 +54,8 @@ def _noise_options(a) -> dict:
 def _add_reconstruct_options(sp, demo: bool = False, calibrate: bool = False) -> None:
     g = sp.add_argument_group("model")
     if not demo:
-        g.add_argument("--operator", default="gaussian_blur", help="forward model name (default: gaussian_blur)")
+        g.add_argument("--operator", default=None, help="forward model name (default: gaussian_blur; a measurement "
+                       "store — sinogram, k-space — uses its own, recorded at ingest)")
         g.add_argument("--op-param", action="append", metavar="K=V", help="operator keyword, repeatable (e.g. std=3.0)")
         g.add_argument("--noise", default="auto", choices=["auto", "gaussian", "poisson", "poisson_gaussian"],
                        help="noise model, parameters in the DATA's units (ADU = the stored pixel values): auto "

@@ -21,6 +21,17 @@ _CLI_SPELLINGS = [
     (r"\bintensity='(\w+)'", r"--intensity \1"),
     (r"\bnoise\.sigma\b", "--sigma"),
     (r"\bnoise\.gain\b", "--gain"),
+    (r"\bnoise\.offset\b", "--offset"),
+    (r"\bnoise\.read_noise\b", "--read-noise"),
+    (r"\bsaturation=(?:'([^']*)'|([-+\w.]+))", r"--saturation \1\2"),
+    (r"\bbad_pixels file\b", "--bad-pixels file"),
+    (r"\bmask file\b", "--mask file"),
+    (r"\bbrick_z=(\d+)", r"--brick-z \1"),
+    (r"\boverlap_z=(\d+)", r"--overlap-z \1"),
+    (r"\bbrick_z\b", "--brick-z"),
+    (r"\boverlap_z\b", "--overlap-z"),
+    (r"\bsolver\.seeds\b", "--seeds"),
+    (r" \(storage\.\w+\)", ""),
     (r"\bexecution\.device='([^']*)'", r"--device \1"),
     (r"\bexecution\.device\b", "--device"),
     (r"\bexecution\.torch_threads\b", "--threads"),
@@ -71,8 +82,12 @@ def _solver_options(a) -> dict:
     spec = {"name": a.solver, "steps": a.steps, "hyperparameters": _kv([h for h in a.hp or [] if "=" in h], "--hp")}
     if words:
         spec["settings"] = words[0]
-    if (getattr(a, "seeds", 1) or 1) > 1:
-        spec["seeds"] = a.seeds
+    seeds = getattr(a, "seeds", 1)
+    if seeds is not None and seeds < 1:  # 0 or negative is not "one seed": say so
+        raise ValueError(f"--seeds {seeds}: give K >= 2 to solve each tile K times (their mean, and the seed spread "
+                         "kept as uncertainty), or leave it out for one seed")
+    if (seeds or 1) > 1:
+        spec["seeds"] = seeds
     return spec
 
 

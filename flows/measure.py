@@ -59,7 +59,10 @@ def parse_angles(spec, n_rows: int) -> list[float]:
         theta = (np.load(spec) if spec.endswith(".npy") else np.loadtxt(spec, delimiter=None, ndmin=1)).astype(
             np.float64).ravel()
     elif isinstance(spec, str) and ":" in spec:
-        parts = [float(v) for v in spec.split(":")]
+        try:
+            parts = [float(v) for v in spec.split(":")]
+        except ValueError:
+            parts = []
         if len(parts) != 3 or parts[2] == 0:
             raise ValueError(f"--angles {spec!r}: use START:STOP:STEP in degrees, e.g. 0:180:3")
         theta = np.arange(*parts)
@@ -70,8 +73,12 @@ def parse_angles(spec, n_rows: int) -> list[float]:
             raise ValueError(f"--angles {spec!r}: not a file, a count, START:STOP:STEP or a comma list of degrees") from None
     else:
         raise ValueError(f"angles={spec!r}: give degrees as a list, a count, START:STOP:STEP or a file")
-    if theta.size != n_rows or not np.isfinite(theta).all():
-        raise ValueError(f"--angles gives {theta.size} finite angles but the sinogram has {n_rows} rows (one per "
+    bad = np.flatnonzero(~np.isfinite(theta))
+    if bad.size:
+        raise ValueError(f"--angles {spec}: {bad.size} of its {theta.size} angles are not numbers (NaN/Inf, first at "
+                         f"index {bad[0]}); give one finite angle in degrees per sinogram row")
+    if theta.size != n_rows:
+        raise ValueError(f"--angles gives {theta.size} angles but the sinogram has {n_rows} rows (one per "
                          "angle, axes: angle × detector); fix the angle list or the sinogram's axes")
     return [float(v) for v in theta]
 
@@ -192,6 +199,27 @@ def _sampling_mask(mask_path: str | None, sample: np.ndarray) -> np.ndarray:
 def ingest_measurements(p, **geometry) -> storage.Stack:
     """Ingest a measurement-domain source (``IngestParams`` with ``domain != "image"``); ``geometry``:
     the physical-step keywords of :func:`storage.ingest`."""
+    meas, extra, sample = measurement_record(p)
+    domain = meas["domain"]
+    h, w = sample.shape[-2:]
+    if isinstance(p.intensity, (list, tuple)):
+        intensity = tuple(float(v) for v in p.intensity)
+    elif p.intensity == "percentile":
+        lo, hi, _ = image_range_from_baseline(domain, sample, meas, extra.get("sampling_mask"))
+        intensity = (lo, hi)
+    else:
+        raise ValueError(f"--intensity {p.intensity!r} does not apply to {domain} measurements: give the image's "
+                         "range LOW,HIGH, or leave the default (estimated from the classical reconstruction)")
+    meas["intensity_source"] = "user" if isinstance(p.intensity, (list, tuple)) else "estimated"
+    return storage.ingest(p.source, p.store, axes=p.axes, chunk=max(h, w), shard=None, intensity=intensity,
+                          nonfinite=p.nonfinite, overwrite=p.overwrite, measurement=meas, extra_arrays=extra,
+                          **geometry)
+
+
+def measurement_record(p) -> tuple[dict, dict, np.ndarray]:
+    """``(measurement record, extra arrays, the first ≤ 8 frames)`` of a measurement-domain source, checked
+    (complex k-space, real sinograms, one finite angle per row, ...) — reads no more than those frames,
+    writes nothing (the pre-flight check of ``ddiff ingest --domain ...`` calls it too)."""
     from storage.readers import open_source
 
     reader = open_source(p.source, axes=p.axes)
@@ -212,6 +240,10 @@ def ingest_measurements(p, **geometry) -> storage.Stack:
         params = {"angles": angles, "n_detectors": int(w)}
         image_shape, units = [N, N], {"angles": "degree", "detector_pixel": "image pixel"}
     elif domain == "kspace":
+        if not np.iscomplexobj(sample):
+            raise ValueError(f"{p.source}: k-space must be complex, but it holds real {sample.dtype} values; store the "
+                             "complex samples, e.g. np.save('k.npy', (re + 1j * im).astype(np.complex64)) "
+                             "(magnitudes alone are --domain fourier_magnitude)")
         if p.image_size is not None and (int(p.image_size), int(p.image_size)) != (h, w):
             raise ValueError(f"--image-size does not apply to k-space: the image grid is the k-space grid ({h} x {w})")
         mask = _sampling_mask(p.sampling_mask, sample)
@@ -232,15 +264,4 @@ def ingest_measurements(p, **geometry) -> storage.Stack:
         raise ValueError(f"domain={domain!r}; use one of image, {', '.join(DOMAINS)}")
     meas = {"domain": domain, "operator": {"name": DOMAINS[domain], "params": params}, "image_shape": image_shape,
             "units": units}
-    if isinstance(p.intensity, (list, tuple)):
-        intensity = tuple(float(v) for v in p.intensity)
-    elif p.intensity == "percentile":
-        lo, hi, _ = image_range_from_baseline(domain, sample, meas, extra.get("sampling_mask"))
-        intensity = (lo, hi)
-    else:
-        raise ValueError(f"--intensity {p.intensity!r} does not apply to {domain} measurements: give the image's "
-                         "range LOW,HIGH, or leave the default (estimated from the classical reconstruction)")
-    meas["intensity_source"] = "user" if isinstance(p.intensity, (list, tuple)) else "estimated"
-    return storage.ingest(p.source, p.store, axes=p.axes, chunk=max(h, w), shard=None, intensity=intensity,
-                          nonfinite=p.nonfinite, overwrite=p.overwrite, measurement=meas, extra_arrays=extra,
-                          **geometry)
+    return meas, extra, sample

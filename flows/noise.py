@@ -55,6 +55,10 @@ def resolve_noise(spec: NoiseSpec, stack: storage.Stack) -> tuple[NoiseSpec, dic
     frames, valid = sample_frames(stack)
     est = estimate_noise(frames, valid, kind=spec.kind, sigma=spec.sigma, gain=spec.gain, offset=spec.offset,
                          read_noise=spec.read_noise)
+    if est.kind == "gaussian" and spec.sigma is None and not (est.sigma > 0 and np.isfinite(est.sigma)):
+        raise ValueError(f"noise kind {spec.kind!r}: σ cannot be estimated from {stack.path} — its sampled frames have "
+                         f"no pixel-to-pixel variation (estimate {est.sigma:g}; a constant or synthetic stack?); give the "
+                         "noise level in the data's units: noise.sigma S")
     if est.kind == "gaussian":
         done = NoiseSpec(kind="gaussian", sigma=spec.sigma if spec.sigma is not None else est.sigma)
     else:

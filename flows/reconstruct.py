@@ -51,7 +51,8 @@ def solve_tiles(desc: dict) -> dict:
     return T.solve_batch(desc)
 
 
-@task(name="assemble-frame", task_run_name="assemble frame {frame}", persist_result=False, cache_policy=NO_CACHE, retries=1)
+@task(name="assemble-frame", task_run_name="assemble frame {frame}", persist_result=False, cache_policy=NO_CACHE, retries=1,
+      retry_condition_fn=retryable)
 def assemble_frame(output: str, frame: int, run_id: str) -> int:
     return storage.assemble_frame(output, frame, run_id=run_id)
 
@@ -70,7 +71,9 @@ def run_config(p: ReconstructParams) -> tuple[dict, "T.Geometry", int, str]:
     op = T.build_operator(p.operator.name, p.operator.params, (H * f, W * f))
     overlap = p.overlap if getattr(op, "halo", None) is not None else 0
     if 2 * overlap > min(p.tile, H, W) and op.halo is not None:
-        raise ValueError(f"overlap={p.overlap} is too large for tile={p.tile}: need 2*overlap <= tile")
+        small = f"tile={p.tile}" if p.tile <= min(H, W) else f"the {H}×{W} frames of {p.input_store}"
+        raise ValueError(f"overlap={p.overlap} is too large for {small}: need 2*overlap <= min(tile, frame height, "
+                         f"frame width); pass overlap={min(p.tile, H, W) // 2} or less")
     geo = T.operator_geometry(op, (H, W), C, p.tile, overlap)
     noise, estimate = resolve_noise(p.noise, stack)
     _check_noise(noise, stack)

@@ -115,9 +115,15 @@ def publish_fit_table(output_store, rows: list[dict]) -> None:
 def resume_command(p) -> list[str]:
     """The commands that resume the run of :class:`flows.params.ReconstructParams` ``p``: the same
     ``ddiff reconstruct`` command line, and the deployment run when it came from one."""
-    args = ["ddiff", "reconstruct", abspath(p.input_store), abspath(p.output_store), "--operator", p.operator.name]
-    for k, v in (p.operator.params or {}).items():
-        args += ["--op-param", f"{k}={v}"]
+    args = ["ddiff", "reconstruct", abspath(p.input_store), abspath(p.output_store)]
+    try:
+        own = storage.measurement_of(p.input_store) is not None  # a measurement store brings its operator
+    except Exception:  # noqa: BLE001
+        own = False
+    if not own:
+        args += ["--operator", p.operator.name]
+        for k, v in (p.operator.params or {}).items():
+            args += ["--op-param", f"{k}={v}"]
     args += ["--noise", p.noise.kind]  # the parameters as given (those left out are re-estimated identically)
     for name in ("sigma", "gain", "offset", "read_noise"):
         if getattr(p.noise, name) is not None:

@@ -12,6 +12,7 @@ starts at those weights without warm-up.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,12 @@ class ZarrCropSampler:
         return torch.from_numpy(out)
 
 
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when it holds no file (only empty sub-folders): what a failed fresh start made."""
+    if folder.is_dir() and not any(f.is_file() or f.is_symlink() for f in folder.rglob("*")):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def export_weights(checkpoint_dir, dest) -> Path:
     """EMA weights of a checkpoint -> one ``.safetensors`` loadable by ``load_prior(dest)``."""
     from safetensors.torch import load_file, save_file
@@ -95,9 +102,15 @@ def train_prior(params: TrainParams, artifacts: bool = True) -> dict:
     from .tiles import _device_guard
 
     device = p.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    with _device_guard(device, p.gpu_limit):  # the whole training run holds one GPU slot
-        summary = train(model, sampler, tc, p.out_dir, resume=True, device=device, progress=False,
-                        max_wall_s=None if p.max_minutes is None else 60.0 * p.max_minutes, init_from=init)
+    fresh = not Path(p.out_dir).exists()
+    try:
+        with _device_guard(device, p.gpu_limit):  # the whole training run holds one GPU slot
+            summary = train(model, sampler, tc, p.out_dir, resume=True, device=device, progress=False,
+                            max_wall_s=None if p.max_minutes is None else 60.0 * p.max_minutes, init_from=init)
+    except BaseException:
+        if fresh:  # a refused --init (or any failure before the first checkpoint) leaves no empty folder behind
+            _remove_if_empty(Path(p.out_dir))
+        raise
     if p.export:
         ck = latest_checkpoint(p.out_dir)
         if ck is None:

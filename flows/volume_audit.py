@@ -167,7 +167,10 @@ def audit_volumes(out: storage.OutputStore, *, alpha: float = 0.05, control: str
                                           "halo_z": zplan.halo, "brick_planes": zplan.brick,
                                           "statistic": "S = Σ d over observed entries (3-D re-measurement); χ²_ν = S/m; "
                                                        "p = P(a + c·χ²_k ≥ S) (exact χ²_m for Gaussian noise)"})
-    ds.to_zarr(LocalStore(out.path), group="audit_volume", mode="w", consolidated=False, zarr_format=3)
+    try:
+        ds.to_zarr(LocalStore(out.path), group="audit_volume", mode="w", consolidated=False, zarr_format=3)
+    except OSError as exc:  # a full disk: the same one line (store, errno, fix) as every other stage
+        raise storage.safety.write_error("the volume audit (audit_volume/)", out.path, exc) from exc
     return {"planes": [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in pc],
             "bricks_flagged": [(int(t), int(j), int(k)) for t, j, k in zip(*np.nonzero(flags))],
             "bricks": int(T * nb * nk), "dataset": f"{out.path}/audit_volume"}

@@ -151,7 +151,7 @@ class CameraNoise(DataUnits):
         lim = -6.0 * max(self.read_noise, 1.0)
         frac = float((w < lim).double().mean())
         if frac > 1e-3:
-            u_min = float(((y.detach().double().min() - self.shift) / self.scale) / self.gain + self.offset)
+            u_min = float(w.min()) / self.gain + self.offset  # w = g·(u − o): back to ADU
             raise ValueError(
                 f"noise.offset = {self.offset:g} ADU is above the data: {100 * frac:.3g}% of the values lie more than "
                 f"{-lim:g} e⁻ (6 read-noise σ) below it (lowest value {u_min:.6g} ADU). The black level must not exceed "

@@ -24,6 +24,7 @@ from zarr.storage import LocalStore
 
 from .diagnostics import frame_coords
 from .pyramid import consolidate
+from .safety import writes
 
 __all__ = ["AUDIT_FRAME_VARS", "create_audit", "write_audit_frame", "write_audit_block", "finish_audit"]
 
@@ -34,6 +35,7 @@ AUDIT_FRAME_VARS = {"chi2_nu": "float64", "z": "float64", "p_value": "float64", 
 _MAPS = {"flag_map": "bool", "window_p": "float32"}
 
 
+@writes("the audit dataset (audit/)")
 def create_audit(out, *, maps: bool) -> None:
     """(Re)create the empty ``audit/`` dataset of output ``out`` (an ``OutputStore``); ``maps``:
     with the per-pixel ``flag_map`` and ``window_p`` (local operators)."""
@@ -57,6 +59,7 @@ def create_audit(out, *, maps: bool) -> None:
                                           consolidated=False, zarr_format=3)
 
 
+@writes("the audit of frame {frame} (audit/)")
 def write_audit_frame(out, frame: int, values: dict, tile_flagged: np.ndarray) -> None:
     """The per-frame numbers (:data:`AUDIT_FRAME_VARS`) and tile flags ``(n_tiles,)`` of ``frame``."""
     import xarray as xr
@@ -67,6 +70,7 @@ def write_audit_frame(out, frame: int, values: dict, tile_flagged: np.ndarray) -
                            region={"frame": slice(frame, frame + 1), "tile": slice(None)})
 
 
+@writes("the audit maps of frame {frame} (audit/)")
 def write_audit_block(out, name: str, frame: int, y0: int, x0: int, data: np.ndarray) -> None:
     """One block ``(h, w)`` at ``(y0, x0)`` (output grid) of map ``name`` (``flag_map``/``window_p``) of ``frame``."""
     h, w = data.shape
@@ -74,6 +78,7 @@ def write_audit_block(out, name: str, frame: int, y0: int, x0: int, data: np.nda
     arr[frame, y0:y0 + h, x0:x0 + w] = np.asarray(data, dtype=_MAPS[name])
 
 
+@writes("the audit dataset's settings (audit/)")
 def finish_audit(out, attrs: dict) -> None:
     """Record the audit's settings on ``audit/`` and consolidate the store's metadata."""
     g = zarr.open_group(LocalStore(out.path), mode="r+", path=GROUP, use_consolidated=False)

@@ -40,7 +40,7 @@ from zarr.storage import LocalStore
 from .diagnostics import write_residual, write_scalars
 from .ingest import Stack, open_stack
 from .output import DIAG_SCALARS, OutputStore, _as_output, create_output
-from .safety import StorageError, require_lock
+from .safety import StorageError, require_lock, writes
 from .tiling import TilePlan
 from .uncertainty import UNC_MAPS, keeps_seeds, write_uncertainty_core
 
@@ -77,7 +77,7 @@ def create_frame_output(path, input_store, config: Mapping, *, prior_sha256: str
     stack = input_store if isinstance(input_store, Stack) else open_stack(input_store)
     meas = measurement_of(stack)
     if meas is None:
-        raise StorageError(f"{stack.path} holds images, not measurements; use storage.create_output (tiles)")
+        raise StorageError(f"{stack.path} holds images, not measurements; reconstruct it tile by tile (storage.create_output)")
     return create_output(path, stack, TilePlan(stack.frame_shape, halo=None), config, prior_sha256=prior_sha256,
                          overwrite=overwrite, replace_unused=replace_unused, frames=frame_spec(meas))
 
@@ -89,6 +89,7 @@ def frame_spec(meas: dict) -> dict:
                               "grid (|y - A x| for complex data; NaN where nothing was measured)"}
 
 
+@writes("frame {frame}")
 def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping, residual: np.ndarray, *,
                        run_id: str | None = None, uncertainty: np.ndarray | None = None) -> None:
     """Write one solved frame: ``recon`` ``(C, N, M)`` model space (mapped to the image's physical

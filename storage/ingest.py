@@ -50,7 +50,8 @@ from .axes import Layout, Planes
 from .ome import ome_image_attrs, package_version
 from .readers import open_source
 from .stack import INPUT_KIND, Stack, _hash_frame, _store_kind, open_stack, verify_stack
-from .safety import NonFiniteError, StorageError, StoreExistsError, atomic_directory, creatable, write_error
+from .safety import (NonFiniteError, StorageError, StoreExistsError, atomic_directory, creatable, strict_json,
+                     write_error)
 from .validity import ValidityRules
 
 __all__ = ["ingest", "check_ingest", "open_stack", "Stack", "verify_stack", "INPUT_KIND"]
@@ -167,6 +168,7 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                             win = (slice(y0, min(H, y0 + by)), slice(x0, min(W, x0 + bx)))
                             w.write(f, reader.read_region(f, *win)[np.newaxis], win)
                     _hash_frame(planes, f, w.hash, block_bytes)
+            rules.check_some_valid(source)  # an all-masked / all-saturated stack: the cause, not "no percentiles"
             imap = _intensity_map(intensity, percentiles, w.sampler, dtype)
             scale, units = geometry.resolved(layout.axes)
             meta = {
@@ -192,6 +194,7 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
             for name, value in (extra_arrays or {}).items():
                 value = np.asarray(value)
                 root.create_array(name, shape=value.shape, dtype=value.dtype, chunks=value.shape, fill_value=0)[...] = value
+            strict_json(meta, "ingest metadata")
             root.attrs.update({"ome": ome_image_attrs(Path(store).name, layout.axes, scale, units), "ddiff": meta})
     except OSError as exc:
         if exc.errno in _WRITE_ERRNOS:  # the target's disk: one line naming the store and the cause
@@ -256,7 +259,7 @@ def _intensity_map(intensity, percentiles, sampler: PercentileSampler, dtype: np
 
 
 def check_ingest(source, store, *, dataset: str | None = None, axes: str | None = None, overwrite: bool = False,
-                 measurement: bool = False) -> None:
+                 measurement: bool = False, mask=None, bad_pixels=None, saturation="dtype") -> None:
     """Everything :func:`ingest` checks before it writes, without writing: the target (absent, empty,
     or an old ingest with ``overwrite``; its folder writable), the source (readable, its layout
     and dtype supported — headers only, no pixels read; ``measurement``: complex data is accepted).
@@ -272,5 +275,7 @@ def check_ingest(source, store, *, dataset: str | None = None, axes: str | None 
         if not (dtype.kind in "uif" and dtype.itemsize <= 8 or dtype.kind == "c" and measurement):
             raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only"
                                f"{'; complex data is accepted as measurements: --domain kspace' if dtype.kind == 'c' else ''})")
+        # the mask / bad-pixel files (readable, numeric, shaped like the stack, not all-invalid) and the level
+        ValidityRules(reader.layout.frames_shape, dtype, saturation=saturation, mask=mask, bad_pixels=bad_pixels)
     finally:
         reader.close()

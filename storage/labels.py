@@ -10,7 +10,7 @@ from zarr.storage import LocalStore
 
 from .output import _as_output
 from .pyramid import build_pyramid, label_layout, write_label
-from .safety import require_lock
+from .safety import require_lock, writes
 
 __all__ = ["LABELS", "write_flag_label", "label_pyramid"]
 
@@ -25,6 +25,7 @@ LABELS = {
 }
 
 
+@writes("frame {frame} of the label image labels/{name}")
 def write_flag_label(out, name: str, frame: int, mask: np.ndarray, *, run_id: str | None = None,
                      origin: tuple[int, int] | None = None, pyramid: bool = True) -> None:
     """Write a boolean ``(H·f, W·f)`` map of ``frame`` as the OME-NGFF label image ``labels/<name>``
@@ -43,6 +44,7 @@ def write_flag_label(out, name: str, frame: int, mask: np.ndarray, *, run_id: st
                 properties=props, origin=origin, pyramid=pyramid)
 
 
+@writes("the pyramid of frame {frame} of the label image labels/{name}")
 def label_pyramid(out, name: str, frame: int, *, run_id: str | None = None) -> None:
     """Build the coarser levels of ``frame`` of ``labels/<name>`` (max of 2×2 blocks, chunk by chunk)."""
     out = _as_output(out)

@@ -167,7 +167,7 @@ def open_output(path) -> OutputStore:
     kind = _store_kind(path) if path.is_dir() else None
     if kind != OUTPUT_KIND:
         damaged_output(path)
-        raise StorageError(f"{path} is not a ddiff output store (kind={kind!r}); create it with storage.create_output")
+        raise StorageError(f"{path} is not a ddiff output store (kind={kind!r}); give a store written by a reconstruction (`ddiff reconstruct`)")
     root = zarr.open_group(LocalStore(path, read_only=True), mode="r")
     return OutputStore(path, dict(root.attrs["ddiff"]))
 

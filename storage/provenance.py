@@ -20,7 +20,7 @@ from typing import Mapping
 from .ingest import Stack, _store_kind, open_stack
 from .ome import package_version
 from .safety import (ConfigMismatchError, InputChangedError, RunLock, StorageError, StoreExistsError, _pid_alive,
-                     canonical_hash, creatable)
+                     canonical_hash, creatable, strict_json)
 from .tiling import TilePlan
 
 __all__ = ["input_record", "open_input", "output_action", "manifest_diff", "damaged_output",
@@ -123,6 +123,7 @@ def output_action(path, input_store, plan: TilePlan, config: Mapping, *, prior_s
     image_shape = None
     if frames is not None:  # the reconstruction has a grid of its own (part of the identity)
         image_shape = tuple(int(v) for v in frames["image_shape"])
+    strict_json(config, "config")  # e.g. --hp tau=NaN: refused before a byte is written
     config_hash = _config_hash(config, prior_sha256, inp["data_sha256"], plan.to_dict(), scale, image_shape)
     manifest = {"kind": OUTPUT_KIND, "version": package_version(), "config_hash": config_hash, "config": config,
                 "prior_sha256": prior_sha256, "input": inp, "plan": plan.to_dict(), "scale": scale,

@@ -25,6 +25,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from .axes import Layout, Planes
+from .safety import writes
 from .ome import ome_label_attrs, ome_labels_attrs
 
 __all__ = ["pyramid_levels", "level_layout", "label_layout", "build_pyramid", "write_label", "consolidate",
@@ -119,6 +120,7 @@ def write_label(root_path, name: str, frame: int, data: np.ndarray, *, layout: L
         build_pyramid(g, lay, levels, frame, reduce="max")
 
 
+@writes("the store's consolidated metadata")
 def consolidate(root_path) -> None:
     """Consolidate the xarray groups, then the root (Zarr v3 ``consolidated_metadata``)."""
     store = LocalStore(Path(root_path))

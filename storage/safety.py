@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno as _errno
 import hashlib
 import json
+import math
 import re
 import os
 import shutil
@@ -41,7 +42,7 @@ from typing import Any, Callable, Iterator
 __all__ = [
     "StorageError", "StoreExistsError", "ConfigMismatchError", "LockError", "NonFiniteError",
     "SourceError", "InputChangedError", "TargetAppearedError", "StorageWriteError", "DETERMINISTIC_ERRNOS",
-    "write_error", "reclaim_orphans", "creatable", "safe_subpath", "atomic_write", "atomic_directory", "atomic_write_json", "read_json", "canonical_hash",
+    "write_error", "writes", "strict_json", "reclaim_orphans", "creatable", "safe_subpath", "atomic_write", "atomic_directory", "atomic_write_json", "read_json", "canonical_hash",
     "file_sha256", "RunLock", "LOCK_NAME",
 ]
 
@@ -109,6 +110,34 @@ def write_error(what: str, path: str | os.PathLike, exc: OSError) -> StorageWrit
     return StorageWriteError(f"writing {what} to {where} failed: {cause}{f' [{name}]' if name else ''}"
                              f"{f' — {hint}' if hint else ''}; fix that, then rerun the same command to resume",
                              errno=code)
+
+
+def writes(what: str):
+    """Decorator for a storage function whose first argument is the store (a path or a handle with
+    ``.path``): an ``OSError`` from its writes (full disk, size limit, read-only, vanished folder)
+    becomes the same one-line :class:`StorageWriteError` as a tile's — ``what`` (``{frame}`` filled
+    from a ``frame`` argument), the store, the errno and the fix — which the command line exits 2 with."""
+    import functools
+    import inspect
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(out, *args, **kwargs):
+            try:
+                return fn(out, *args, **kwargs)
+            except StorageError:
+                raise
+            except OSError as exc:
+                try:
+                    named = sig.bind(out, *args, **kwargs).arguments
+                except TypeError:
+                    named = {}
+                raise write_error(what.format(frame=named.get("frame", "?"), name=named.get("name", "?")),
+                                  getattr(out, "path", out), exc) from exc
+        return wrapper
+    return deco
 
 
 def safe_subpath(root: str | os.PathLike, relative: str) -> Path:
@@ -240,6 +269,22 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(fh)
 
 
+def strict_json(obj: Any, what: str) -> None:
+    """Refuse metadata that strict JSON readers (JavaScript's ``JSON.parse``, most non-Python tools) reject:
+    a NaN or ±Infinity anywhere in ``obj`` raises :class:`StorageError` naming the field (``what.a.b``)."""
+    def walk(v, path):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise StorageError(f"{path} is {v!r}: the store's metadata must be strict JSON (no NaN/Infinity, which "
+                               "other tools cannot read); give a finite number")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(x, f"{path}.{k}")
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                walk(x, f"{path}[{i}]")
+    walk(obj, what)
+
+
 def canonical_hash(obj: Any) -> str:
     """SHA-256 of the canonical JSON form of ``obj`` (sorted keys, no whitespace)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
@@ -317,10 +362,17 @@ class RunLock:
                     f"output store {self.store} is locked by run {other.get('run_id')} "
                     f"(pid {other.get('pid')} on host {other.get('host')}); wait for it to finish, or "
                     f"if that run is gone delete {self.path}") from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(record, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:  # a full disk: no half-written lock left, one line naming the store
+                try:
+                    os.remove(self.path)
+                except OSError:
+                    pass
+                raise write_error("the run lock", self.store, exc) from exc
             self._held = True
             return self
         raise LockError(f"could not acquire {self.path} after 3 attempts (contention); retry")

@@ -130,7 +130,7 @@ def open_stack(store) -> Stack:
     meta = dict(root.attrs.get("ddiff", {}))
     if meta.get("kind") != INPUT_KIND:
         raise StorageError(f"{path} is a Zarr store but not an ingested stack (kind={meta.get('kind')!r}); "
-                           "create it with storage.ingest")
+                           "give a store written by `ddiff ingest` (storage.ingest)")
     data = root["0"]
     layout = Layout(meta.get("axes") or "".join(data.metadata.dimension_names), data.shape)
     if "geometry" not in meta:  # stores written before axes were recorded: read the OME block

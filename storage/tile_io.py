@@ -22,7 +22,7 @@ from .ingest import Stack, open_stack
 from .output import _as_output
 from .provenance import open_input
 from .pyramid import build_pyramid
-from .safety import StorageError, atomic_write_json, require_lock, write_error
+from .safety import StorageError, atomic_write_json, require_lock, write_error, writes
 from .tiling import Tile, TilePlan
 from .uncertainty import UNC_MAPS, bounds_pyramid, is_bounded, keeps_seeds, write_uncertainty_core
 
@@ -198,6 +198,7 @@ def assemble_frame(out, frame: int, *, run_id: str | None = None) -> int:
     return n
 
 
+@writes("the pyramid levels of frame {frame}")
 def _pyramid(out: OutputStore, frame: int, run_id: str | None) -> None:
     if out.ledger.is_done(frame, 0, "pyramid"):
         return

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .safety import SourceError, file_sha256
+from .safety import SourceError, StorageError, file_sha256
 
 __all__ = ["ValidityRules", "saturation_level"]
 
@@ -34,22 +34,37 @@ def saturation_level(saturation, dtype: np.dtype) -> float | None:
     if saturation == "dtype":
         return float(np.iinfo(dtype).max) if np.dtype(dtype).kind in "ui" else None
     try:
-        return float(saturation)
+        level = float(saturation)
     except (TypeError, ValueError):
-        raise ValueError(f"saturation={saturation!r}; use 'dtype' (default), a level in data units, or None") from None
+        level = None
+    if level is None or not np.isfinite(level):  # NaN/Infinity would also not be valid JSON in the store's metadata
+        raise StorageError(f"saturation={saturation!r}: give a finite level in data units (e.g. 4095), 'dtype' (default: "
+                         "the integer type's maximum) or 'none' (no saturation check)")
+    return level
 
 
 def _load(path, what: str) -> np.ndarray:
     p = Path(path)
+    meaning = "valid" if what == "mask" else "bad"
     if not p.is_file():
         raise SourceError(f"{what} file {p} does not exist")
-    if p.suffix.lower() == ".npy":
-        return np.load(p, allow_pickle=False)
-    if p.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    try:
+        if p.suffix.lower() == ".npy":
+            a = np.load(p, allow_pickle=False)
+        elif p.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
 
-        return tifffile.imread(p)
-    raise SourceError(f"{what} file {p}: use a .npy or .tif(f) image (non-zero = {'valid' if what == 'mask' else 'bad'})")
+            a = tifffile.imread(p)
+        else:
+            raise SourceError(f"{what} file {p}: use a .npy or .tif(f) image (non-zero = {meaning})")
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, SourceError):
+            raise
+        raise SourceError(f"{what} file {p} cannot be read as an image ({' '.join(str(exc).split())[:120]}); save it "
+                          f"as a bool or integer array (non-zero = {meaning})") from None
+    if a.dtype.kind not in "biuf":  # strings, complex numbers, objects: no clear "non-zero"
+        raise SourceError(f"{what} file {p} holds {a.dtype} values; give a bool or integer array (non-zero = {meaning})")
+    return a
 
 
 def _shape_to_tcyx(arr: np.ndarray, shape: tuple[int, int, int, int], what: str, allowed: str) -> np.ndarray:
@@ -79,9 +94,15 @@ class ValidityRules:
         self.files: dict = {}
         if mask is not None:
             self.mask = _shape_to_tcyx(_load(mask, "mask"), self.shape, "mask", "tc") != 0
+            if not self.mask.any():
+                raise SourceError(f"mask file {mask} has no non-zero entry: it marks every pixel invalid (non-zero = "
+                                  "valid); nothing would be left to measure — check the file (inverted?)")
             self.files["mask_file"] = {"path": str(Path(mask).resolve()), "sha256": file_sha256(mask)}
         if bad_pixels is not None:
             self.bad = _shape_to_tcyx(_load(bad_pixels, "bad_pixels"), self.shape, "bad_pixels", "c") != 0
+            if self.bad.all():
+                raise SourceError(f"bad_pixels file {bad_pixels} marks every pixel bad (non-zero = bad); nothing would "
+                                  "be left to measure — check the file (inverted?)")
             self.files["bad_pixels_file"] = {"path": str(Path(bad_pixels).resolve()), "sha256": file_sha256(bad_pixels)}
         self.counts = {"nonfinite": 0, "saturated": 0, "mask": 0, "bad_pixels": 0, "invalid": 0}
 
@@ -111,6 +132,21 @@ class ValidityRules:
         n_bad = int((~ok).sum())
         self.counts["invalid"] += n_bad
         return None if n_bad == 0 else ok
+
+    def check_some_valid(self, source) -> None:
+        """After the last block: refuse a stack in which no entry is a measurement, naming the causes."""
+        total = int(np.prod(self.shape))
+        if self.counts["invalid"] < total:
+            return
+        said = {"nonfinite": ("NaN/Inf", "nothing finite was measured"),
+                "saturated": (f"at or above saturation={self.level:g}",
+                              "give a saturation level above the signal (saturation='none': no check)"),
+                "mask": ("outside the mask", "check the mask file (non-zero = valid)"),
+                "bad_pixels": ("marked bad", "check the bad_pixels file (non-zero = bad)")}
+        hit = [k for k in said if self.counts[k]]
+        raise SourceError(f"{source}: none of its {total} entries is a valid measurement ("
+                          + ", ".join(f"{self.counts[k]} {said[k][0]}" for k in hit) + "); nothing was written — "
+                          + "; ".join(said[k][1] for k in hit))
 
     def summary(self, array: str | None) -> dict:
         """The manifest's ``validity`` entry."""

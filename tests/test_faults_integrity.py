@@ -130,3 +130,178 @@ def test_a_resume_decides_from_the_command_and_refuses_an_edited_manifest(flows_
         check_reconstruct(p)
     with pytest.raises(storage.StorageError, match="is damaged"):
         storage.open_output(out)
+
+
+@pytest.fixture(scope="module")
+def bad27(prefect_harness, tmp_path_factory):
+    """Real files for the issue-27 bad-input table (a few lines come from inside the ingest flow, so
+    Prefect's test harness serves them)."""
+    import pickle
+
+    from conftest import tiny_prior
+
+    d = tmp_path_factory.mktemp("bad27")
+    rng = np.random.default_rng(27)
+    np.save(d / "y.npy", rng.random((2, 32, 32), dtype=np.float32))
+    adu = (98 + 56 * rng.random((2, 32, 32))).astype(np.float32)
+    adu[0, 0, 0] = 98.0  # camera data, 98-154 ADU
+    np.save(d / "adu.npy", adu)
+    storage.ingest(d / "adu.npy", d / "adu.zarr", intensity=(0, 4095))
+    np.save(d / "const.npy", np.full((2, 32, 32), 5.0, np.float32))
+    storage.ingest(d / "const.npy", d / "const.zarr", intensity=(0, 10))
+    np.save(d / "small.npy", rng.random((2, 8, 8), dtype=np.float32))
+    storage.ingest(d / "small.npy", d / "small.zarr", intensity=(0, 1))
+    np.save(d / "mask0.npy", np.zeros((32, 32), np.uint8))
+    with open(d / "maskobj.npy", "wb") as fh:  # an object array: loading it would need pickle
+        np.save(fh, np.array([[None] * 32] * 32, dtype=object), allow_pickle=True)
+    np.save(d / "maskstr.npy", np.full((32, 32), "a"))
+    np.save(d / "maskc.npy", np.ones((32, 32), np.complex64))
+    np.save(d / "bad1.npy", np.ones((32, 32), np.uint8))
+    np.save(d / "sino.npy", rng.random((1, 31, 24), dtype=np.float32))
+    angles = np.arange(31) * 6.0
+    angles[3] = np.nan
+    np.savetxt(d / "angles.txt", angles)
+    flows.ingest_stack(flows.IngestParams(source=str(d / "sino.npy"), store=str(d / "s.zarr"), domain="sinogram",
+                                          angles="0:186:6", intensity=[0, 1]), artifacts=False)
+    np.save(d / "kreal.npy", rng.random((1, 32, 32), dtype=np.float32))
+    tiny_prior(d / "tiny.safetensors")
+    with open(d / "evil.pt", "wb") as fh:
+        pickle.dump({"w": _Evil(str(d / "pwned"))}, fh)
+    return d
+
+
+class _Evil:  # a pickle that would run code when loaded without weights_only
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch " + self.path,))
+
+
+R = "--prior {d}/tiny.safetensors --op-param kernel_size=7 --op-param std=1.0 --steps 2 --tile 32 --overlap 4 --no-progress"
+SAT = "give a finite level in data units (e.g. 4095), 'dtype' (default: the integer type's maximum) or 'none' (no saturation check)"
+#: (case, command, the one line it prints) — issue 27's items 7 and 8; docs/faults.md lists them.
+BAD_INPUTS_27 = [
+    ("saturation-not-a-number", "ingest {d}/y.npy {d}/a.zarr --saturation x", "--saturation x: " + SAT),
+    ("saturation-nan", "ingest {d}/y.npy {d}/a.zarr --saturation nan", "--saturation nan: " + SAT),
+    ("saturation-inf", "ingest {d}/y.npy {d}/a.zarr --saturation inf", "--saturation inf: " + SAT),
+    ("saturation-below-the-data", "ingest {d}/y.npy {d}/a.zarr --saturation -5",
+     "{d}/y.npy: none of its 2048 entries is a valid measurement (2048 at or above --saturation -5); nothing was "
+     "written — give a saturation level above the signal (--saturation none: no check)"),
+    ("mask-all-false", "ingest {d}/y.npy {d}/a.zarr --mask {d}/mask0.npy",
+     "--mask file {d}/mask0.npy has no non-zero entry: it marks every pixel invalid (non-zero = valid); nothing would "
+     "be left to measure — check the file (inverted?)"),
+    ("bad-pixels-all", "ingest {d}/y.npy {d}/a.zarr --bad-pixels {d}/bad1.npy",
+     "--bad-pixels file {d}/bad1.npy marks every pixel bad (non-zero = bad); nothing would be left to measure — check "
+     "the file (inverted?)"),
+    ("mask-object-dtype", "ingest {d}/y.npy {d}/a.zarr --mask {d}/maskobj.npy",
+     "--mask file {d}/maskobj.npy cannot be read as an image (Object arrays cannot be loaded when allow_pickle=False); "
+     "save it as a bool or integer array (non-zero = valid)"),
+    ("mask-strings", "ingest {d}/y.npy {d}/a.zarr --mask {d}/maskstr.npy",
+     "--mask file {d}/maskstr.npy holds <U1 values; give a bool or integer array (non-zero = valid)"),
+    ("mask-complex", "ingest {d}/y.npy {d}/a.zarr --mask {d}/maskc.npy",
+     "--mask file {d}/maskc.npy holds complex64 values; give a bool or integer array (non-zero = valid)"),
+    ("angles-not-a-number", "ingest {d}/sino.npy {d}/a.zarr --domain sinogram --angles 0:180:x",
+     "--angles '0:180:x': use START:STOP:STEP in degrees, e.g. 0:180:3"),
+    ("angles-with-a-nan", "ingest {d}/sino.npy {d}/a.zarr --domain sinogram --angles {d}/angles.txt",
+     "--angles {d}/angles.txt: 1 of its 31 angles are not numbers (NaN/Inf, first at index 3); give one finite angle "
+     "in degrees per sinogram row"),
+    ("kspace-real", "ingest {d}/kreal.npy {d}/a.zarr --domain kspace",
+     "{d}/kreal.npy: k-space must be complex, but it holds real float32 values; store the complex samples, e.g. "
+     "np.save('k.npy', (re + 1j * im).astype(np.complex64)) (magnitudes alone are --domain fourier_magnitude)"),
+    ("offset-above-the-data", "reconstruct {d}/adu.zarr {d}/o.zarr --noise poisson_gaussian --gain 1 --offset 1000 "
+     "--read-noise 2 " + R,
+     "--offset = 1000 ADU is above the data: 100% of the values lie more than 12 e⁻ (6 read-noise σ) below it (lowest "
+     "value 98 ADU). The black level must not exceed the dark pixels — check --offset (or leave it out to estimate it) "
+     "and that --gain is in e⁻/ADU"),
+    ("noise-auto-on-a-constant-stack", "reconstruct {d}/const.zarr {d}/o.zarr " + R,
+     "noise kind 'auto': σ cannot be estimated from {d}/const.zarr — its sampled frames have no pixel-to-pixel "
+     "variation (estimate 0; a constant or synthetic stack?); give the noise level in the data's units: --sigma S"),
+    ("overlap-larger-than-the-frame", "reconstruct {d}/small.zarr {d}/o.zarr --prior {d}/tiny.safetensors --sigma 0.1 "
+     "--no-progress",
+     "--overlap 16 is too large for the 8×8 frames of {d}/small.zarr: need 2*overlap <= min(tile, frame height, frame "
+     "width); pass --overlap 4 or less"),
+    ("seeds-0", "reconstruct {d}/adu.zarr {d}/o.zarr --sigma 1 --seeds 0 " + R,
+     "--seeds 0: give K >= 2 to solve each tile K times (their mean, and the seed spread kept as uncertainty), or "
+     "leave it out for one seed"),
+    ("seeds-negative", "reconstruct {d}/adu.zarr {d}/o.zarr --sigma 1 --seeds -3 " + R,
+     "--seeds -3: give K >= 2 to solve each tile K times (their mean, and the seed spread kept as uncertainty), or "
+     "leave it out for one seed"),
+    ("operator-on-a-sinogram", "reconstruct {d}/s.zarr {d}/o.zarr --operator gaussian_blur --sigma 0.1 --prior "
+     "{d}/tiny.safetensors --no-progress",
+     "{d}/s.zarr holds sinogram measurements of `ct_parallel_beam` (geometry recorded at ingest); drop --operator "
+     "gaussian_blur: the store's operator is used"),
+]
+
+
+@pytest.mark.parametrize("case, argv, line", BAD_INPUTS_27, ids=[c[0] for c in BAD_INPUTS_27])
+def test_issue27_bad_input_gets_one_exact_line_and_writes_nothing(bad27, capsys, case, argv, line):
+    from flows.cli import main
+
+    before = sorted(p.name for p in bad27.iterdir())
+    rc = main(argv.format(d=bad27).split())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["ddiff: error: " + line.format(d=bad27)], err
+    assert sorted(p.name for p in bad27.iterdir()) == before  # nothing written, no hidden leftovers
+
+
+def test_metadata_is_strict_json_and_a_refused_init_leaves_no_folder(bad27, capsys):
+    from flows.cli import main
+
+    d = bad27
+    with pytest.raises(storage.StorageError, match=r"saturation=nan: give a finite level"):
+        storage.ingest(d / "y.npy", d / "a.zarr", saturation=float("nan"))
+    st = storage.open_stack(d / "adu.zarr")
+    with pytest.raises(storage.StorageError, match=r"^config.hyperparameters.tau is nan: the store's metadata must be "
+                                                   r"strict JSON \(no NaN/Infinity"):
+        storage.create_output(d / "o.zarr", st, storage.TilePlan(st.frame_shape, tile=32, halo=4, overlap=4),
+                              {"hyperparameters": {"tau": float("nan")}})
+    assert not (d / "o.zarr").exists()
+    for store in ("adu.zarr", "s.zarr"):  # every stored manifest parses with a strict reader
+        json.loads((d / store / "zarr.json").read_text(), parse_constant=lambda c: pytest.fail(f"{store}: {c}"))
+    capsys.readouterr()
+    assert main(["train", str(d / "adu.zarr"), str(d / "run"), "--init", str(d / "evil.pt"), "--steps", "1",
+                 "--crop", "16", "--batch-size", "1", "--no-progress"]) == 2
+    assert "refused to load" in capsys.readouterr().err and not (d / "run").exists() and not (d / "pwned").exists()
+
+
+def test_storage_errors_after_the_solve_name_the_store_like_create_and_solve(flows_env, tmp_path):
+    """A disk that refuses writes (RLIMIT_FSIZE 0, as a full disk would) during assembly, the pyramid,
+    a label image and the audit dataset: each stage fails with the same one-line StorageWriteError
+    as the create and solve stages (what, the store, errno, the fix), which the command exits 2 with."""
+    import resource
+    import shutil
+
+    out = tmp_path / "out.zarr"
+    flows.reconstruct_stack(params(flows_env, out))
+    o = storage.open_output(out)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def refused(call) -> str:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
+        try:
+            with pytest.raises(storage.StorageWriteError) as e:
+                call()
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        return str(e.value)
+
+    tail = f"to {out}" + r"( \(.*\))? failed: File too large \[EFBIG\] — a file-size limit was hit \(ulimit -f, or " \
+           r"the filesystem's limit\); fix that, then rerun the same command to resume"
+    with storage.RunLock(out) as lock:
+        shutil.rmtree(out / "_ledger" / "assembled" / "t000000")  # frame 0 to assemble again
+        msg = refused(lambda: storage.assemble_frame(out, 0, run_id=lock.run_id))
+        assert __import__("re").fullmatch(r"writing the assembled frame 0 \(core 0\) " + tail, msg), msg
+        storage.assemble_frame(out, 0, run_id=lock.run_id)
+        shutil.rmtree(out / "_ledger" / "pyramid" / "t000000")
+        msg = refused(lambda: storage.assemble_frame(out, 0, run_id=lock.run_id))
+        assert __import__("re").fullmatch(r"writing the pyramid levels of frame 0 " + tail, msg), msg
+        flag = np.ones(o.recon().shape[-2:], bool)
+        msg = refused(lambda: storage.write_flag_label(out, "audit_flags", 1, flag, run_id=lock.run_id))
+        assert __import__("re").fullmatch(r"writing frame 1 of the label image labels/audit_flags " + tail, msg), msg
+        msg = refused(lambda: storage.create_audit(o, maps=True))
+        assert __import__("re").fullmatch(r"writing the audit dataset \(audit/\) " + tail, msg), msg
+    msg = refused(lambda: storage.RunLock(out).acquire())
+    assert __import__("re").fullmatch(r"writing the run lock " + tail, msg) and storage.RunLock.holder(out) is None

@@ -237,7 +237,7 @@ def test_measurement_ingest_errors_are_one_line(tmp_path, capsys):
     rc = main(["ingest", str(tmp_path / "s.npy"), str(tmp_path / "s.zarr"), "--domain", "sinogram", "--angles", "0:180:45",
                "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "4 finite angles but the sinogram has 6 rows" in err[0]
+    assert rc == 2 and len(err) == 1 and "gives 4 angles but the sinogram has 6 rows" in err[0]
     k = np.ones((1, 8, 8), np.complex64)
     k[0, 2, :4] = 0  # a partial row
     np.save(tmp_path / "k.npy", k)
