@@ -25,7 +25,7 @@ import types
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["command_server"]
+__all__ = ["command_server", "api_watchdog"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -101,3 +101,61 @@ def _drain_to(server) -> None:
             worker.drain_all(timeout=5)
         except Exception:  # noqa: BLE001 - a failed flush must not hide the command's own outcome
             pass
+
+
+#: how often the API is probed, and how long it may stay unreachable before the command gives up
+WATCH_EVERY_S, WATCH_LOST_AFTER_S = 5.0, 20.0
+
+
+@contextmanager
+def api_watchdog(describe, every: float | None = None, lost_after: float | None = None) -> Iterator[None]:
+    """Stop the command when the Prefect API it runs against goes away, instead of letting Prefect's
+    client retry for minutes and dump its event workers' tracebacks at exit.
+
+    Why stop rather than solve on: every task of a flow run needs the API to be created, so the flow
+    cannot go on without it; what is solved is already safe (the ledger is written after the data,
+    a rerun skips it and gives the same bytes), so the useful thing is to say so early. A thread
+    probes ``<PREFECT_API_URL>/health`` every ``every`` s; when it has failed for ``lost_after`` s it
+    prints ONE line — ``ddiff: error: lost the Prefect API at …`` + ``describe()`` (what is kept and
+    the resume command) — and ends the process with exit code 1 at once (``os._exit``: no atexit
+    hooks, so no dumps; the run lock it leaves is stale and the rerun breaks it)."""
+    import threading
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        yield
+        return
+    # DDIFF_API_PROBE_S / DDIFF_API_LOST_AFTER_S override the defaults (e.g. a flaky network: longer)
+    every = float(os.environ.get("DDIFF_API_PROBE_S", WATCH_EVERY_S)) if every is None else every
+    lost_after = float(os.environ.get("DDIFF_API_LOST_AFTER_S", WATCH_LOST_AFTER_S)) if lost_after is None else lost_after
+    stop = threading.Event()
+
+    def watch():
+        import httpx
+
+        down_since, why = None, ""
+        while not stop.wait(every):
+            try:
+                httpx.get(url.rstrip("/") + "/health", timeout=min(5.0, every)).raise_for_status()
+                down_since = None
+            except Exception as exc:  # noqa: BLE001 - any failure to reach it counts
+                why = type(exc).__name__
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since >= lost_after and not stop.is_set():
+                    try:
+                        what = describe()
+                    except Exception:  # noqa: BLE001
+                        what = "rerun the same command to resume (finished work is kept)"
+                    os.write(2, (f"ddiff: error: lost the Prefect API at {url} ({why} for {lost_after:.0f} s: the "
+                                 f"server stopped or is unreachable); {what}\n").encode())
+                    os._exit(1)
+
+    t = threading.Thread(target=watch, name="ddiff-api-watchdog", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()

@@ -31,7 +31,7 @@ def check_ingest(p) -> None:
     from storage.ingest import check_ingest as check
 
     check(p.source, p.store, axes=p.axes, overwrite=p.overwrite, measurement=p.domain != "image", mask=p.mask,
-          bad_pixels=p.bad_pixels, saturation=p.saturation)
+          bad_pixels=p.bad_pixels, saturation=p.saturation, max_size=p.max_size)
     if p.domain != "image":  # complex k-space, real sinograms, the angles: from the first frames, nothing written
         from .measure import measurement_record
 

@@ -30,6 +30,13 @@ from .console import (_BenchProgress, _console, _kv, _LedgerProgress, _PollProgr
 __all__ = ["main", "build_parser"]
 
 
+def api_watchdog(describe):
+    """Ends the command in one line, with ``describe()``, when its Prefect API goes away (:mod:`flows.api_server`)."""
+    from .api_server import api_watchdog as watchdog
+
+    return watchdog(describe)
+
+
 def command_server():
     """The command's temporary Prefect API server, killed with the command (:mod:`flows.api_server`);
     started only after the pre-flight checks, so bad input never waits for it."""
@@ -73,7 +80,7 @@ def cmd_ingest(a) -> int:
                      overwrite=a.overwrite, pixel_size=pixel, z_step=a.z_step,
                      time_step=a.time_step, space_unit=a.space_unit, time_unit=a.time_unit, domain=a.domain,
                      angles=a.angles, sampling_mask=a.sampling_mask, image_size=a.image_size,
-                     oversample=a.oversample)
+                     oversample=a.oversample, max_size=a.max_size)
     check_ingest(p)  # before Prefect starts: a bad source or target is reported in a second
     from . import ingest_stack
 
@@ -95,7 +102,8 @@ def cmd_reconstruct(a) -> int:
     check_reconstruct(p)  # before Prefect starts (the flow checks again; the loaded prior is cached)
     from . import reconstruct_stack
 
-    with command_server(), _LedgerProgress(p.output_store, "tiles solved", not a.no_progress):
+    with command_server(), api_watchdog(lambda: _kept(p)), _LedgerProgress(p.output_store, "tiles solved",
+                                                                         not a.no_progress):
         r = reconstruct_stack(p)
     from .run_report import noise_text
 
@@ -117,13 +125,28 @@ def _prior_only_line(r: dict) -> None:
                          "(flagged by `ddiff audit`)")
 
 
+def _kept(p) -> str:
+    """What a reconstruction that stops now keeps, and the command that resumes it (one line)."""
+    import storage
+
+    from .run_report import resume_command
+
+    try:
+        out = storage.open_output(p.output_store)
+        done = f"{out.ledger.count('solved')} of {out.n_frames * out.plan.n_tiles} tiles are solved and kept in {out.path}"
+    except Exception:  # noqa: BLE001 - not created yet
+        done = f"nothing was written to {p.output_store} yet"
+    return f"{done}; start the server again (or unset PREFECT_API_URL) and resume with: {resume_command(p)[-1]}"
+
+
 def cmd_audit(a) -> int:
     from . import audit_reconstruction
     from .checks import check_audit
     from .params import AuditParams
 
     check_audit(a.output)
-    with command_server(), _spinner(f"auditing {a.output}", not a.no_progress):
+    with command_server(), api_watchdog(lambda: f"the reconstruction is untouched; rerun: ddiff audit {a.output}"), \
+            _spinner(f"auditing {a.output}", not a.no_progress):
         r = audit_reconstruction(AuditParams(output_store=a.output, report_dir=a.report_dir, alpha=a.alpha,
                                              window=a.window))
     _console().print(f"[green]audit[/green] report {r['report']}; frames flagged {r['frames_flagged']}; "
@@ -248,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--chunk", type=int, default=256)
     sp.add_argument("--intensity", default="percentile", help="percentile | minmax | dtype | LOW,HIGH")
     sp.add_argument("--nonfinite", default="refuse", choices=["refuse", "mask"])
+    sp.add_argument("--max-size", default=None, metavar="SIZE", help="refuse a source declaring more than SIZE "
+                    "uncompressed (e.g. 500G, 2TiB); default: the free space on the store's disk")
     sp.add_argument("--saturation", default="dtype",
                     help="values >= LEVEL (data units) are saturated and masked out: 'dtype' (default: the integer "
                          "maximum, e.g. 65535), a number (e.g. 4095 for a 12-bit camera), or 'none'")

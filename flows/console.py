@@ -31,6 +31,8 @@ _CLI_SPELLINGS = [
     (r"\bbrick_z\b", "--brick-z"),
     (r"\boverlap_z\b", "--overlap-z"),
     (r"\bsolver\.seeds\b", "--seeds"),
+    (r"\bmax_size=(?:'([^']*)'|(\S*\w))", r"--max-size \1\2"),
+    (r"\bmax_size= ", "--max-size "),
     (r" \(storage\.\w+\)", ""),
     (r"\bexecution\.device='([^']*)'", r"--device \1"),
     (r"\bexecution\.device\b", "--device"),

@@ -42,7 +42,8 @@ def ingest_stack(params: IngestParams, artifacts: bool = True) -> dict:
             st = storage.ingest(p.source, p.store, axes=p.axes, chunk=p.chunk, intensity=intensity,
                                 nonfinite=p.nonfinite, saturation=p.saturation, mask=p.mask, bad_pixels=p.bad_pixels,
                                 overwrite=p.overwrite, pixel_size=pixel, z_step=p.z_step,
-                                time_step=p.time_step, space_unit=p.space_unit, time_unit=p.time_unit)
+                                time_step=p.time_step, space_unit=p.space_unit, time_unit=p.time_unit,
+                                max_size=p.max_size)
     except BaseException as exc:
         if artifacts:
             report_failure("ingest-stack", p.store, exc,

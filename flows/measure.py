@@ -213,7 +213,7 @@ def ingest_measurements(p, **geometry) -> storage.Stack:
     meas["intensity_source"] = "user" if isinstance(p.intensity, (list, tuple)) else "estimated"
     return storage.ingest(p.source, p.store, axes=p.axes, chunk=max(h, w), shard=None, intensity=intensity,
                           nonfinite=p.nonfinite, overwrite=p.overwrite, measurement=meas, extra_arrays=extra,
-                          **geometry)
+                          max_size=p.max_size, **geometry)
 
 
 def measurement_record(p) -> tuple[dict, dict, np.ndarray]:

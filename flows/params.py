@@ -201,6 +201,8 @@ class IngestParams(_Model):
     chunk: int = Field(256, ge=8)
     intensity: Any = Field("percentile", description="'percentile', 'minmax', 'dtype' or [low, high]")
     nonfinite: Literal["refuse", "mask"] = "refuse"
+    max_size: Optional[Any] = Field(None, description="largest declared (uncompressed) source size accepted, e.g. "
+                                                      "'500G'; default: the free space of the store's disk")
     saturation: Optional[Any] = Field("dtype", description="values >= this level are saturated (invalid): 'dtype' "
                                       "(the integer maximum; default), a level in data units, or None")
     mask: Optional[str] = Field(None, description="validity mask file (.npy/.tif, non-zero = valid): (H,W), (T,H,W) or (T,C,H,W)")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import shutil
 import time
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
            pixel_size: float | tuple[float, float] | None = None,
            z_step: float | None = None, space_unit: str | None = None, time_step: float | None = None,
            time_unit: str | None = None, block_bytes: int = 64 << 20, checksum: bool = True,
-           overwrite: bool = False, measurement: dict | None = None, extra_arrays: dict | None = None) -> "Stack":
+           overwrite: bool = False, measurement: dict | None = None, extra_arrays: dict | None = None,
+           max_size=None) -> "Stack":
     """Stream ``source`` into the OME-Zarr store ``store`` and return it opened read-only.
 
     Parameters: ``source`` TIFF/BigTIFF/OME-TIFF/ImageJ, ``.npy``, folder of frames, or
@@ -115,7 +117,9 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
     ``measurement`` (see :mod:`storage.frames`): the stack holds measurements of an operator
     (sinograms, k-space, ...), recorded as ``attributes["ddiff"]["measurement"]``; complex sources
     are accepted then, and ``intensity`` is the map of the *image* to reconstruct. ``extra_arrays``:
-    small named arrays written next to ``"0"`` (e.g. a k-space sampling mask).
+    small named arrays written next to ``"0"`` (e.g. a k-space sampling mask). ``max_size``: the largest
+    declared (uncompressed) size accepted, e.g. ``"500G"``; default: the free space of the target's
+    disk (:func:`check_size`; refused before anything is written).
     """
     if nonfinite not in ("refuse", "mask"):
         raise ValueError(f"nonfinite={nonfinite!r}; use 'refuse' (default) or 'mask'")
@@ -128,6 +132,7 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
     reader = open_source(source, dataset=dataset, axes=axes)
     t_start = time.perf_counter()
     try:
+        check_size(source, store, reader.layout, reader.dtype, max_size)  # before the hidden folder exists
         geometry = reader.geometry.override(pixel_size, z_step, time_step, space_unit, time_unit)
         with atomic_directory(store, replace_old, "ingest") as tmp:
             layout = reader.layout
@@ -240,6 +245,53 @@ class _Writer:
         self.planes[f0:f0 + n, :, win[0], win[1]] = block
 
 
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(size) -> int:
+    """Bytes from ``size``: a number of bytes, or a string like ``"500G"``, ``"1.5TiB"``, ``"2 TB"`` (powers of 1024)."""
+    import re
+
+    if isinstance(size, (int, float)) and not isinstance(size, bool) and size >= 0:
+        return int(size)
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgtp]?)(?:i?b)?\s*", str(size), re.IGNORECASE)
+    try:
+        return int(float(m[1]) * _UNITS[m[2].lower()])
+    except (TypeError, ValueError):
+        raise StorageError(f"max_size={size!r}: give a size like 500G, 2TiB or a number of bytes") from None
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.3g} PiB"  # pragma: no cover
+
+
+def check_size(source, store, layout: Layout, dtype: np.dtype, max_size=None) -> None:
+    """Refuse, before a byte is written, a source whose declared pixels (uncompressed) exceed
+    ``max_size`` — or, when it is None, the free space of the target's disk: a damaged or sparse
+    header declaring 10⁶ × 10⁶ pixels would otherwise be ingested for hours and then fill the disk."""
+    nbytes = int(np.prod(layout.shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    dims = f"{' × '.join(str(s) for s in layout.shape)} {np.dtype(dtype)} = {_human(nbytes)} uncompressed"
+    if max_size is not None:
+        limit = parse_size(max_size)
+        if nbytes > limit:
+            raise StorageError(f"{source}: declares {dims}, more than max_size={max_size} ({_human(limit)}); nothing "
+                               "was written. Check the file's header (damaged or sparse?), or pass max_size= a larger "
+                               "size if that size is meant")
+        return
+    folder = Path(store).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if nbytes > free:
+        raise StorageError(f"{source}: declares {dims}, more than the {_human(free)} free on the disk of {folder}; "
+                           "nothing was written. Check the file's header (damaged or sparse?), free space or choose a "
+                           "store on a larger disk, or pass max_size= a larger size if the data compresses that well")
+
+
 def _intensity_map(intensity, percentiles, sampler: PercentileSampler, dtype: np.dtype) -> IntensityMap:
     if isinstance(intensity, (tuple, list)):
         return IntensityMap.from_range(*intensity, method="explicit")
@@ -259,7 +311,7 @@ def _intensity_map(intensity, percentiles, sampler: PercentileSampler, dtype: np
 
 
 def check_ingest(source, store, *, dataset: str | None = None, axes: str | None = None, overwrite: bool = False,
-                 measurement: bool = False, mask=None, bad_pixels=None, saturation="dtype") -> None:
+                 measurement: bool = False, mask=None, bad_pixels=None, saturation="dtype", max_size=None) -> None:
     """Everything :func:`ingest` checks before it writes, without writing: the target (absent, empty,
     or an old ingest with ``overwrite``; its folder writable), the source (readable, its layout
     and dtype supported — headers only, no pixels read; ``measurement``: complex data is accepted).
@@ -275,6 +327,7 @@ def check_ingest(source, store, *, dataset: str | None = None, axes: str | None 
         if not (dtype.kind in "uif" and dtype.itemsize <= 8 or dtype.kind == "c" and measurement):
             raise StorageError(f"{source}: dtype {dtype} is not supported (integers or floats only"
                                f"{'; complex data is accepted as measurements: --domain kspace' if dtype.kind == 'c' else ''})")
+        check_size(source, store, reader.layout, dtype, max_size)
         # the mask / bad-pixel files (readable, numeric, shaped like the stack, not all-invalid) and the level
         ValidityRules(reader.layout.frames_shape, dtype, saturation=saturation, mask=mask, bad_pixels=bad_pixels)
     finally:

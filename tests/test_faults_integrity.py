@@ -229,6 +229,11 @@ BAD_INPUTS_27 = [
     ("seeds-negative", "reconstruct {d}/adu.zarr {d}/o.zarr --sigma 1 --seeds -3 " + R,
      "--seeds -3: give K >= 2 to solve each tile K times (their mean, and the seed spread kept as uncertainty), or "
      "leave it out for one seed"),
+    ("max-size", "ingest {d}/y.npy {d}/a.zarr --max-size 1K",
+     "{d}/y.npy: declares 2 × 32 × 32 float32 = 8 KiB uncompressed, more than --max-size 1K (1 KiB); nothing was "
+     "written. Check the file's header (damaged or sparse?), or pass --max-size a larger size if that size is meant"),
+    ("max-size-not-a-size", "ingest {d}/y.npy {d}/a.zarr --max-size lots",
+     "--max-size lots: give a size like 500G, 2TiB or a number of bytes"),
     ("operator-on-a-sinogram", "reconstruct {d}/s.zarr {d}/o.zarr --operator gaussian_blur --sigma 0.1 --prior "
      "{d}/tiny.safetensors --no-progress",
      "{d}/s.zarr holds sinogram measurements of `ct_parallel_beam` (geometry recorded at ingest); drop --operator "
@@ -305,3 +310,39 @@ def test_storage_errors_after_the_solve_name_the_store_like_create_and_solve(flo
         assert __import__("re").fullmatch(r"writing the audit dataset \(audit/\) " + tail, msg), msg
     msg = refused(lambda: storage.RunLock(out).acquire())
     assert __import__("re").fullmatch(r"writing the run lock " + tail, msg) and storage.RunLock.holder(out) is None
+
+
+def _sparse_tiff(path, w=4_000_000, h=4_000_000):
+    """A 122-byte uint16 TIFF declaring w × h pixels in one strip of StripByteCounts 0 (29 TiB declared)."""
+    import struct
+
+    tags = [(256, 4, w), (257, 4, h), (258, 3, 16), (259, 3, 1), (262, 3, 1), (273, 4, 8), (277, 3, 1), (278, 4, h),
+            (279, 4, 0)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", t, typ, 1) + (struct.pack("<HH", v, 0) if typ == 3 else struct.pack("<I", v))
+        for t, typ, v in tags) + struct.pack("<I", 0)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd)
+    return path
+
+
+def test_a_declared_size_beyond_the_disk_is_refused_before_writing(tmp_path, capsys):
+    """A sparse TIFF declaring 4·10⁶ × 4·10⁶ pixels (a 122-byte file) is refused in one line, in
+    about a second, before any folder exists — from the command line and from Python."""
+    import re
+    import time
+
+    from flows.cli import main
+
+    src = _sparse_tiff(tmp_path / "huge.tif")
+    t0 = time.perf_counter()
+    assert main(["ingest", str(src), str(tmp_path / "h.zarr"), "--no-progress"]) == 2
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.fullmatch(
+        rf"ddiff: error: {re.escape(str(src))}: declares 4000000 × 4000000 uint16 = 29.1 TiB uncompressed, more than "
+        rf"the [0-9.]+ [KMGT]iB free on the disk of {re.escape(str(tmp_path))}; nothing was written\. Check the file's "
+        r"header \(damaged or sparse\?\), free space or choose a store on a larger disk, or pass --max-size a larger "
+        r"size if the data compresses that well", err[0]), err
+    with pytest.raises(storage.StorageError, match="29.1 TiB uncompressed"):
+        storage.ingest(src, tmp_path / "h.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.tif"] and seconds < 30, seconds

@@ -137,3 +137,32 @@ def test_a_full_disk_fails_in_one_line_naming_the_store_and_the_cause(flows_env,
     assert not out.exists() or storage.RunLock.holder(out) is None
     res = flows.reconstruct_stack(params(env_big, out, tile=160))
     assert res["complete"]
+
+
+def test_a_lost_prefect_api_stops_the_command_in_one_line_with_the_resume_command(flows_env, tmp_path):
+    """The Prefect server dies mid-run (its uvicorn process killed after the first solved tile): the
+    command says so in ONE line — what is kept and the resume command — within seconds of the
+    watchdog's window (here 4 s; default 20 s), instead of retrying for minutes and dumping its event
+    workers' tracebacks (issue 27: 492 s, 4.9 KB of stderr)."""
+    import psutil
+
+    out = tmp_path / "lost.zarr"
+    env = {k: v for k, v in ENV.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), DDIFF_API_PROBE_S="1", DDIFF_API_LOST_AFTER_S="4",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="600")  # a loaded machine: slow server start
+    proc = subprocess.Popen(_cli(flows_env, out, steps=400), env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    solved = lambda: out.is_dir() and storage.open_output(out).ledger.count("solved") >= 1  # noqa: E731
+    _wait(solved, 240, "the first solved tile", proc)
+    server = [c for c in psutil.Process(proc.pid).children(recursive=True) if "uvicorn" in " ".join(c.cmdline())]
+    assert len(server) == 1
+    server[0].kill()
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    seconds = time.monotonic() - t0
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and len(err) < 1500, err[-3000:]
+    assert lines[0].startswith("ddiff: error: lost the Prefect API at http://127.0.0.1:"), lines
+    assert f"tiles are solved and kept in {out}" in lines[0] and "resume with: ddiff reconstruct " in lines[0], lines
+    assert seconds < 60, seconds
+    assert storage.open_output(out).ledger.count("solved") < 8  # it stopped mid-run (8 tiles in all)
