@@ -30,13 +30,6 @@ from .console import (_BenchProgress, _console, _kv, _LedgerProgress, _PollProgr
 __all__ = ["main", "build_parser"]
 
 
-def api_watchdog(describe):
-    """Ends the command in one line, with ``describe()``, when its Prefect API goes away (:mod:`flows.api_server`)."""
-    from .api_server import api_watchdog as watchdog
-
-    return watchdog(describe)
-
-
 def command_server():
     """The command's temporary Prefect API server, killed with the command (:mod:`flows.api_server`);
     started only after the pre-flight checks, so bad input never waits for it."""
@@ -102,7 +95,10 @@ def cmd_reconstruct(a) -> int:
     check_reconstruct(p)  # before Prefect starts (the flow checks again; the loaded prior is cached)
     from . import reconstruct_stack
 
-    with command_server(), api_watchdog(lambda: _kept(p)), _LedgerProgress(p.output_store, "tiles solved",
+    from .api_server import api_watchdog
+    from .run_report import kept_and_resume, prior_only_text
+
+    with command_server(), api_watchdog(lambda: kept_and_resume(p)), _LedgerProgress(p.output_store, "tiles solved",
                                                                          not a.no_progress):
         r = reconstruct_stack(p)
     from .run_report import noise_text
@@ -110,39 +106,17 @@ def cmd_reconstruct(a) -> int:
     _console().print(f"noise: {noise_text({k: r.get(k) for k in ('noise', 'noise_estimate', 'noise_units')})}")
     _console().print(f"[green]done[/green] {r['output']}: {r['solved']} tiles solved, {r['skipped']} resumed, "
                      f"{r['wall_seconds']:.1f}s (solver {r['solver_seconds']:.1f}s)")
-    _prior_only_line(r)
-    return 0
-
-
-def _prior_only_line(r: dict) -> None:
-    """Frames/tiles without (enough) valid measurements: their content is invented — said, never "done" alone."""
-    from .audit_report import MIN_MEASUREMENTS, PRIOR_ONLY
-
     if r.get("frames_prior_only") or r.get("tiles_prior_only"):
-        tiles = f", {r['tiles_prior_only']} tile(s)" if r.get("tiles_prior_only") else ""
-        _console().print(f"[yellow]{PRIOR_ONLY}[/yellow]: frames {r.get('frames_prior_only', [])}{tiles} had fewer "
-                         f"than {MIN_MEASUREMENTS} valid measured values — their content is the prior's invention "
-                         "(flagged by `ddiff audit`)")
-
-
-def _kept(p) -> str:
-    """What a reconstruction that stops now keeps, and the command that resumes it (one line)."""
-    import storage
-
-    from .run_report import resume_command
-
-    try:
-        out = storage.open_output(p.output_store)
-        done = f"{out.ledger.count('solved')} of {out.n_frames * out.plan.n_tiles} tiles are solved and kept in {out.path}"
-    except Exception:  # noqa: BLE001 - not created yet
-        done = f"nothing was written to {p.output_store} yet"
-    return f"{done}; start the server again (or unset PREFECT_API_URL) and resume with: {resume_command(p)[-1]}"
+        _console().print(prior_only_text(r))
+    return 0
 
 
 def cmd_audit(a) -> int:
     from . import audit_reconstruction
     from .checks import check_audit
     from .params import AuditParams
+
+    from .api_server import api_watchdog
 
     check_audit(a.output)
     with command_server(), api_watchdog(lambda: f"the reconstruction is untouched; rerun: ddiff audit {a.output}"), \
@@ -152,10 +126,9 @@ def cmd_audit(a) -> int:
     _console().print(f"[green]audit[/green] report {r['report']}; frames flagged {r['frames_flagged']}; "
                      f"tiles flagged {len(r['tiles_flagged'])}")
     if r.get("frames_prior_only"):
-        from .audit_report import MIN_MEASUREMENTS, PRIOR_ONLY
+        from .run_report import prior_only_text
 
-        _console().print(f"[yellow]{PRIOR_ONLY}[/yellow]: frames {r['frames_prior_only']} (fewer than "
-                         f"{MIN_MEASUREMENTS} valid measured values; flagged)")
+        _console().print(prior_only_text(r))
     if r.get("volume"):  # z-stacks: the 3-D re-measurement per plane and per brick (audit_volume/)
         v = r["volume"]
         _console().print(f"volume: per-plane χ²_ν {v['planes']} (None: within halo_z of the stack's ends, not "

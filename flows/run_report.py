@@ -66,6 +66,25 @@ def prior_only_result(out, logger=None) -> dict:
     return {"frames_prior_only": frames, "tiles_prior_only": tiles}
 
 
+def prior_only_text(r: dict) -> str:
+    """The console line for a result (``ddiff reconstruct`` / ``ddiff audit``) with prior-only frames or tiles."""
+    from .audit_report import MIN_MEASUREMENTS, PRIOR_ONLY
+
+    tiles = f", {r['tiles_prior_only']} tile(s)" if r.get("tiles_prior_only") else ""
+    return (f"[yellow]{PRIOR_ONLY}[/yellow]: frames {r.get('frames_prior_only', [])}{tiles} had fewer than "
+            f"{MIN_MEASUREMENTS} valid measured values — their content is the prior's invention (flagged by the audit)")
+
+
+def kept_and_resume(p) -> str:
+    """What a reconstruction that stops now keeps, and the command that resumes it (one line)."""
+    try:
+        out = storage.open_output(p.output_store)
+        done = f"{out.ledger.count('solved')} of {out.n_frames * out.plan.n_tiles} tiles are solved and kept in {out.path}"
+    except Exception:  # noqa: BLE001 - not created yet
+        done = f"nothing was written to {p.output_store} yet"
+    return f"{done}; start the server again (or unset PREFECT_API_URL) and resume with: {resume_command(p)[-1]}"
+
+
 def prior_only_frames(out) -> list[int]:
     """Frames whose tiles together held fewer than ``MIN_MEASUREMENTS`` valid measured values."""
     from .audit_report import MIN_MEASUREMENTS
