@@ -155,8 +155,12 @@ def resume_command(p) -> list[str]:
     for k, v in p.solver.hyperparameters.items():
         args += ["--hp", f"{k}={v}"]
     ex = p.execution
+    if p.solver.seeds > 1:
+        args += ["--seeds", str(p.solver.seeds)]
     args += ["--tile", str(p.tile), "--overlap", str(p.overlap), "--seed", str(p.seed), "--batch-size",
              str(ex.batch_size), "--dtype", ex.dtype, "--device", ex.device]
+    if ex.torch_threads is not None:  # part of the configuration: a resume with another count is refused
+        args += ["--threads", str(ex.torch_threads)]
     for name in ("brick_z", "overlap_z"):  # volumes: the z plan is part of the configuration
         if getattr(p, name) != type(p).model_fields[name].default:
             args += ["--" + name.replace("_", "-"), str(getattr(p, name))]

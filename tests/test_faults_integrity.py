@@ -346,3 +346,13 @@ def test_a_declared_size_beyond_the_disk_is_refused_before_writing(tmp_path, cap
     with pytest.raises(storage.StorageError, match="29.1 TiB uncompressed"):
         storage.ingest(src, tmp_path / "h.zarr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.tif"] and seconds < 30, seconds
+
+
+def test_the_python_spellings_the_issue_found_are_flags_on_the_command_line():
+    from flows.console import cli_spelling
+
+    assert cli_spelling("noise.offset = 5 and noise.read_noise = 2; brick_z=8, overlap_z=2; saturation=-5; "
+                        "max_size=1K; pass max_size= a larger size; give a store written by `ddiff ingest` "
+                        "(storage.ingest)") == (
+        "--offset = 5 and --read-noise = 2; --brick-z 8, --overlap-z 2; --saturation -5; --max-size 1K; pass "
+        "--max-size a larger size; give a store written by `ddiff ingest`")

@@ -166,3 +166,12 @@ def test_a_lost_prefect_api_stops_the_command_in_one_line_with_the_resume_comman
     assert f"tiles are solved and kept in {out}" in lines[0] and "resume with: ddiff reconstruct " in lines[0], lines
     assert seconds < 60, seconds
     assert storage.open_output(out).ledger.count("solved") < 8  # it stopped mid-run (8 tiles in all)
+    # the printed command is the same configuration: it resumes this output (nothing refused or redone)
+    import shlex
+
+    from flows.checks import check_reconstruct
+    from flows.cli import _reconstruct_params, build_parser
+
+    cmd = shlex.split(lines[0].split("resume with: ", 1)[1])
+    assert cmd[:2] == ["ddiff", "reconstruct"]
+    assert check_reconstruct(_reconstruct_params(build_parser().parse_args(cmd[1:]))).action == "resume"
