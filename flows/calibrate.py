@@ -149,7 +149,7 @@ def _simulate(p: CalibrateParams, refs: storage.Stack, truth: np.ndarray, work: 
 @flow(name="calibrate-bounds", persist_result=False, flow_run_name=flow_run_namer("calibrate bounds for", "params.record"))
 def calibrate_bounds_flow(params: CalibrateParams) -> dict:
     """Calibrate and write the record; returns ``{"record", "lambda", "ucb", "frames", "seconds", ...}``."""
-    from ddiff.audit import calibrate_bounds
+    from ddiff.audit import FEATURES, calibrate_bounds
 
     from . import reconstruct_stack
 
@@ -170,7 +170,7 @@ def calibrate_bounds_flow(params: CalibrateParams) -> dict:
     if err.shape != mean.shape:
         raise ValueError(f"the reconstructions are {mean.shape[1:]} but the references {truth.shape[1:]}")
     k = abs(float(imap.scale))
-    feats = np.stack([np.stack([storage.read_uncertainty(out, t)[m] for m in ("spread", "posterior_sd", "structure")])
+    feats = np.stack([np.stack([storage.read_uncertainty(out, t)[m] for m in FEATURES])
                       for t in range(out.n_frames)]).astype(np.float64) * k  # back to model units
     perm = np.random.default_rng(p.shuffle_seed).permutation(out.n_frames)
     cal = calibrate_bounds(feats[perm], err[perm], p.alpha, p.delta, p.bound, p.fit_fraction, seed=p.shuffle_seed)

@@ -223,10 +223,10 @@ def make_solver(config: dict, prior, keep_samples: bool = False):
 
 
 def seed_spread(res, A, noise, y: torch.Tensor, bounds: dict | None = None) -> np.ndarray | None:
-    """``(B, 6, H, W)`` float32 maps of a multi-seed result, in the order of ``storage.UNC_MAPS``:
+    """``(B, 7, H, W)`` float32 maps of a multi-seed result, in the order of ``storage.UNC_MAPS``:
     seed spread (model units), measured spread (noise sd; NaN when the grids are unrelated),
     prior-filled (0/1) — :func:`ddiff.audit.uncertainty` on the K runs —, the bound features
-    posterior sd and structure (:func:`ddiff.audit.bound_features`, model units) and the calibrated
+    (:data:`ddiff.audit.FEATURES`: pooled spread, posterior sd, structure; model units) and the calibrated
     half-width ``λ·s`` (``bounds`` = the run's ``config["bounds"]``; NaN without). ``None`` for one seed."""
     if res.samples is None:
         return None
@@ -237,8 +237,8 @@ def seed_spread(res, A, noise, y: torch.Tensor, bounds: dict | None = None) -> n
     ms = u.measured_spread if u.measured_spread is not None else torch.full_like(u.spread, float("nan"))
     half = (float(bounds["lambda"]) * ScaleRule.from_dict(bounds["rule"]).scale(feats) if bounds
             else torch.full_like(u.spread, float("nan")))
-    return torch.stack([u.spread, ms.to(u.spread), u.prior_filled.to(u.spread), feats[:, 1].to(u.spread),
-                        feats[:, 2].to(u.spread), half.to(u.spread)], 1).float().cpu().numpy()
+    return torch.cat([torch.stack([u.spread, ms.to(u.spread), u.prior_filled.to(u.spread)], 1), feats.to(u.spread),
+                      half.to(u.spread)[:, None]], 1).float().cpu().numpy()
 
 
 def data_residual(y: np.ndarray, Ax: np.ndarray, valid: np.ndarray, scale: float) -> np.ndarray:

@@ -95,7 +95,7 @@ def write_frame_result(out, frame: int, recon: np.ndarray, diagnostics: Mapping,
     """Write one solved frame: ``recon`` ``(C, N, M)`` model space (mapped to the image's physical
     units here), ``diagnostics`` (any of :data:`DIAG_SCALARS`), ``residual`` ``(C, h, w)`` float
     on the measurement grid (measurement units, NaN where unmeasured), and for a ``seeds ≥ 2`` run
-    ``uncertainty`` ``(6, N, M)`` (the maps of :data:`storage.UNC_MAPS`, model units; with calibrated bounds
+    ``uncertainty`` ``(7, N, M)`` (the maps of :data:`storage.UNC_MAPS`, model units; with calibrated bounds
     also ``uncertainty/lower``/``upper`` = x ∓ halfwidth); then
     mark the frame solved and assembled. Every write is one whole chunk or region, so rewriting gives
     identical bytes."""

@@ -91,7 +91,7 @@ def write_tile_result(out, frame: int, tile: int, recon: np.ndarray, diagnostics
     ``recon``: model space, ``(C, bh·f, bw·f)`` (blend window) or ``(C, rh·f, rw·f)`` (read window,
     cropped here); must be finite. ``diagnostics``: any of :data:`DIAG_SCALARS`. ``residual``:
     ``y − A x`` on the input grid, blend- or read-window shaped; its core is stored.
-    ``uncertainty``: ``(6, ·, ·)`` on the output grid, blend- or read-window shaped — the tile's
+    ``uncertainty``: ``(7, ·, ·)`` on the output grid, blend- or read-window shaped — the tile's
     seed spread (model units), measured spread (noise sd) and prior-filled map (0/1) in the order
     of :data:`storage.uncertainty.UNC_MAPS`; required exactly when the output keeps seeds.
     """

@@ -18,6 +18,7 @@ stores of a global operator) write the frame's maps directly. Either way they la
     prior_filled      float32 in [0, 1]: ddiff.audit's prior-filled map (seeds differ where the data
                       is blind) of the tiles covering a pixel, blended; > 0.5 = prior-filled. The
                       audit writes it as the label image ``labels/prior_filled``.
+    spread_local      float32, intensity units: the seed spread pooled over 5×5 (RMS) — a feature of the bounds
     posterior_sd      float32, intensity units: how weakly the measurements see the pixel (the sd of a
                       Gaussian posterior with the data's information on that pixel alone; the prior's sd
                       where the operator is blind) — a feature of the calibrated bounds
@@ -30,7 +31,7 @@ stores of a global operator) write the frame's maps directly. Either way they la
     ome      multiscales with one dataset, path ``spread``: ``napari recon.zarr/uncertainty`` or
              ome-zarr-py show the spread on the reconstruction's physical scale.
 
-Staging (pass 1, tiled outputs only): ``staging/uncertainty`` ``(frame, tile, 6, sy·f, sx·f)`` float32,
+Staging (pass 1, tiled outputs only): ``staging/uncertainty`` ``(frame, tile, 7, sy·f, sx·f)`` float32,
 the maps of each tile's blend window (model units), NaN-padded, one chunk per (frame, tile). The
 half-width is affine in the features, so blending it equals blending the features and applying the rule.
 """
@@ -49,13 +50,14 @@ from .pyramid import label_layout
 __all__ = ["UNC_MAPS", "GROUP", "BOUNDS", "keeps_seeds", "is_bounded", "create_uncertainty", "has_uncertainty",
            "write_uncertainty_core", "read_uncertainty", "read_bounds", "bounds_pyramid"]
 
-UNC_MAPS = ("spread", "measured_spread", "prior_filled", "posterior_sd", "structure", "halfwidth")
-MODEL_UNITS = ("spread", "posterior_sd", "structure", "halfwidth")  # stored ÷ |intensity scale|
+UNC_MAPS = ("spread", "measured_spread", "prior_filled", "spread_local", "posterior_sd", "structure", "halfwidth")
+MODEL_UNITS = ("spread", "spread_local", "posterior_sd", "structure", "halfwidth")  # stored ÷ |intensity scale|
 BOUNDS = ("lower", "upper")
 GROUP = "uncertainty"
 _UNITS = {"spread": "intensity units of the input (sd over seeds)",
           "measured_spread": "noise sd (sd over seeds of A(x_k); < 1: the data cannot tell the seeds apart)",
           "prior_filled": "fraction of the covering tiles that call the pixel prior-filled (> 0.5: prior-filled)",
+          "spread_local": "intensity units of the input (seed sd pooled over 5x5, RMS)",
           "posterior_sd": "intensity units of the input (posterior sd proxy 1/sqrt(diag(A^H W A) + 1/s0^2))",
           "structure": "intensity units of the input (local 5x5 sd of the seed mean)",
           "halfwidth": "intensity units of the input (lambda * s of the calibrated bounds; NaN without calibration)"}
@@ -117,7 +119,7 @@ def has_uncertainty(out) -> bool:
 
 def write_uncertainty_core(group: zarr.Group, layout: Layout, frame: int, ys: slice, xs: slice, maps: np.ndarray,
                            intensity, mean: np.ndarray | None = None) -> None:
-    """Write the blended ``maps`` ``(6, h, w)`` (:data:`UNC_MAPS`, model units) of one core of ``frame``;
+    """Write the blended ``maps`` ``(7, h, w)`` (:data:`UNC_MAPS`, model units) of one core of ``frame``;
     for a calibrated output also ``lower``/``upper`` = ``mean ∓ halfwidth`` (``mean`` ``(C, h, w)`` the
     seed mean in model units) mapped to the image's units by ``intensity`` (an IntensityMap)."""
     lay = label_layout(layout)

@@ -13,7 +13,7 @@ import zarr
 import flows
 import storage
 from conftest import BLUR, SIGMA_DATA, smooth_truth, tiny_prior
-from ddiff.audit import ScaleRule
+from ddiff.audit import FEATURES, ScaleRule
 
 ALPHA, DELTA = 0.3, 0.3  # a small calibration set can certify these (min_calibration_frames)
 
@@ -82,7 +82,7 @@ def test_reconstruct_writes_bounds_with_the_pyramid_and_resumes_to_the_same_byte
         u = storage.read_uncertainty(out, t)
         assert np.all(lo <= x + 1e-6) and np.all(x <= hi + 1e-6) and np.all(hi > lo)
         # the half-width is λ·s of the record's rule applied to the stored features (image units)
-        feats = np.stack([u["spread"], u["posterior_sd"], u["structure"]]) * k
+        feats = np.stack([u[m] for m in FEATURES]) * k
         np.testing.assert_allclose(u["halfwidth"], rec["lambda"] * rule.scale(feats) / k, rtol=2e-3, atol=1e-6)
         np.testing.assert_allclose(hi - lo, 2 * u["halfwidth"][None], rtol=1e-4, atol=1e-5)
         lo1, hi1 = storage.read_bounds(out, t, level=1)  # the pyramid: block means
