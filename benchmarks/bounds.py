@@ -138,10 +138,10 @@ def ratios(err: np.ndarray, s: np.ndarray) -> list[np.ndarray]:
         return list(np.where(s > 0, err / np.where(s > 0, s, 1), np.where(err > 0, np.inf, 0.0)))
 
 
-def evaluate(truth, mean, feats, fit, alpha, delta, splits, n_cal, seed) -> dict:
+def evaluate(truth, mean, feats, fit, alpha, delta, splits, n_cal, seed, objective="balanced") -> dict:
     """Rule fitted on the first ``fit`` frames; λ per split on ``n_cal`` pool frames, the rest tested."""
     err = np.abs(truth - mean)[:, 0]
-    rule = fit_scale_rule(feats[:fit], err[:fit], alpha)
+    rule = fit_scale_rule(feats[:fit], err[:fit], alpha, objective=objective)
     const = ScaleRule((1.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     pool = np.arange(fit, len(err))
     rng = np.random.default_rng(seed)
@@ -202,19 +202,19 @@ def main() -> None:
         ks = (1, 2, a.seeds)
         feats = features(A, x_all, sigma, r["samples"], 1, a.batch, ks)
         res = {"K": {}, "solver_seconds": float(r["solver_seconds"]), "feature_seconds": time.perf_counter() - t1}
-        for ki, K in enumerate(ks):
+        for ki, K, obj in [(i, k, "balanced") for i, k in enumerate(ks)] + [(len(ks) - 1, a.seeds, "narrow")]:
             mean = r["samples"][:K].mean(0)
             for alpha in a.alphas:
-                ev = evaluate(truth, mean, feats[ki], a.fit, alpha, a.delta, a.splits, a.cal, seed=3)
-                res["K"][f"{K}_{alpha}"] = {k: v for k, v in ev.items() if k != "rule_obj"}
+                ev = evaluate(truth, mean, feats[ki], a.fit, alpha, a.delta, a.splits, a.cal, seed=3, objective=obj)
+                res["K"][f"{K}_{alpha}_{obj}"] = {k: v for k, v in ev.items() if k != "rule_obj"}
                 ok = float(np.mean(np.array(ev["risk"]) <= alpha))
                 okc = float(np.mean(np.array(ev["risk_const"]) <= alpha))
-                rows.append(f"| {task} | {K} | {alpha:g} | {ok:.2f} ({np.mean(ev['risk']):.4f}) | {okc:.2f} "
+                rows.append(f"| {task} | {K}{'' if obj == 'balanced' else ' narrow'} | {alpha:g} | {ok:.2f} ({np.mean(ev['risk']):.4f}) | {okc:.2f} "
                             f"({np.mean(ev['risk_const']):.4f}) | {np.mean(ev['width']):.4f} | "
                             f"{np.mean(ev['width_const']):.4f} | {1 - np.mean(ev['width']) / np.mean(ev['width_const']):+.0%} | "
                             f"{ev['corr']:.2f} | {', '.join(f'{w:.2f}' for w in ev['rule'])} |")
                 print(rows[-1], flush=True)
-                if K == a.seeds and alpha == a.alphas[0]:
+                if K == a.seeds and alpha == a.alphas[0] and obj == "balanced":
                     res["rule_obj"], res["lambda_pool"] = ev["rule_obj"], ev["lambda_pool"]
         if kind is not None and a.hallucination:
             res["hallucination"] = hallucination(prior, task, kind, x_all, res, a, cache, tag)

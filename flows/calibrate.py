@@ -35,7 +35,7 @@ from .calibration import FORMAT, guarantee_sentence, record_settings
 from .params import ExecutionSpec, NoiseSpec, OperatorSpec, ReconstructParams, SolverSpec, _Model
 from .ui import flow_run_namer
 
-__all__ = ["CalibrateParams", "calibrate_bounds_flow", "check_calibrate", "run_calibrate"]
+__all__ = ["CalibrateParams", "calibrate_bounds_flow", "check_calibrate", "run_calibrate", "add_arguments"]
 
 
 class CalibrateParams(_Model):
@@ -50,6 +50,8 @@ class CalibrateParams(_Model):
     bound: Literal["wsr", "hb"] = Field("wsr", description="upper confidence bound: Waudby-Smith–Ramdas or "
                                                            "Hoeffding–Bentkus")
     fit_fraction: float = Field(0.5, gt=0, lt=1, description="frames that fit the scale rule (the rest choose λ)")
+    objective: Literal["balanced", "narrow"] = Field("balanced", description="the scale rule models the error's sd "
+                                                     "(balanced) or minimises the mean width (narrow); docs/audit.md §6")
     shuffle_seed: int = Field(0, ge=0)
     operator: OperatorSpec = Field(default_factory=OperatorSpec)
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
@@ -173,7 +175,8 @@ def calibrate_bounds_flow(params: CalibrateParams) -> dict:
     feats = np.stack([np.stack([storage.read_uncertainty(out, t)[m] for m in FEATURES])
                       for t in range(out.n_frames)]).astype(np.float64) * k  # back to model units
     perm = np.random.default_rng(p.shuffle_seed).permutation(out.n_frames)
-    cal = calibrate_bounds(feats[perm], err[perm], p.alpha, p.delta, p.bound, p.fit_fraction, seed=p.shuffle_seed)
+    cal = calibrate_bounds(feats[perm], err[perm], p.alpha, p.delta, p.bound, p.fit_fraction, seed=p.shuffle_seed,
+                           objective=p.objective)
     cfg = out.manifest["config"]
     stack = storage.open_stack(source)
     sigma = cfg["noise"].get("sigma") if cfg["noise"].get("kind") == "gaussian" else None
@@ -182,11 +185,12 @@ def calibrate_bounds_flow(params: CalibrateParams) -> dict:
     n, C, H, W = truth.shape
     record = {
         "format": FORMAT, "alpha": p.alpha, "delta": p.delta, "bound": p.bound,
-        "procedure": (f"RCPS (Angelopoulos et al. 2021): scale rule s fitted on {cal['n_fit']} frames to minimise the "
-                      f"mean width, factor lambda chosen on the other {cal['n_lambda']} frames with the "
+        "procedure": (f"RCPS (Angelopoulos et al. 2021): scale rule s fitted on {cal['n_fit']} frames ("
+                      + ("a model of the error's sd" if p.objective == "balanced" else "the smallest mean width")
+                      + f"), factor lambda chosen on the other {cal['n_lambda']} frames with the "
                       f"{'Waudby-Smith-Ramdas' if p.bound == 'wsr' else 'Hoeffding-Bentkus'} upper confidence bound "
                       "on the mean per-frame pixel miscoverage"),
-        "lambda": cal["lambda"], "rule": cal["rule"], "ucb": cal["ucb"], "risk_calibration": cal["risk"],
+        "lambda": cal["lambda"], "rule": cal["rule"], "objective": p.objective, "ucb": cal["ucb"], "risk_calibration": cal["risk"],
         "seeds": int(cfg.get("seeds", 1)), "steps": cfg["hyperparameters"].get("steps"), "solver": cfg["solver"],
         "operator": cfg["operator"], "noise": {**cfg["noise"], "sigma_model": sigma_model},
         "prior": cfg["prior"], "prior_sha256": out.manifest["prior_sha256"], "settings": record_settings(cfg, sigma_model),
@@ -215,7 +219,7 @@ def run_calibrate(a, command_server) -> int:
     if r is None:
         raise ValueError(f"references {a.references!r} is not an ingested store; run `ddiff ingest REFS {a.references}` first")
     p = CalibrateParams(references=a.references, record=a.record, measurements=a.measurements, work_dir=a.work_dir,
-                        alpha=a.alpha, delta=a.delta, bound=a.bound, fit_fraction=a.fit_fraction, operator=r.operator, noise=r.noise, prior=r.prior,
+                        alpha=a.alpha, delta=a.delta, bound=a.bound, fit_fraction=a.fit_fraction, objective=a.rule, operator=r.operator, noise=r.noise, prior=r.prior,
                         solver=r.solver, tile=r.tile, overlap=r.overlap, seed=r.seed, execution=r.execution,
                         overwrite=a.overwrite)
     check_calibrate(p)  # before Prefect starts: bad input is one line, nothing written
@@ -225,3 +229,20 @@ def run_calibrate(a, command_server) -> int:
                      f"UCB {res['ucb']:.4f} ≤ α {p.alpha:g} at δ {p.delta:g}; {res['seconds']:.0f} s "
                      f"(solver {res['solver_seconds']:.0f} s). Use: ddiff reconstruct IN OUT --calibration {a.record}")
     return 0
+
+
+def add_arguments(sp) -> None:
+    """The options of ``ddiff calibrate`` beyond the ones it shares with ``ddiff reconstruct``."""
+    sp.add_argument("references")
+    sp.add_argument("record")
+    sp.add_argument("--measurements", default=None, help="ingested store of real measurements of the same frames")
+    sp.add_argument("--work-dir", default=None, help="simulated store and reconstruction (default: RECORD.work)")
+    sp.add_argument("--alpha", type=float, default=0.1, help="expected fraction of pixels outside their bounds (0.1)")
+    sp.add_argument("--delta", type=float, default=0.1, help="probability that the calibration set misleads (0.1)")
+    sp.add_argument("--bound", default="wsr", choices=["wsr", "hb"], help="Waudby-Smith–Ramdas (default) or "
+                    "Hoeffding–Bentkus upper confidence bound")
+    sp.add_argument("--fit-fraction", type=float, default=0.5, help="share of the frames that fit the scale rule; "
+                    "the rest choose the factor (0.5)")
+    sp.add_argument("--rule", default="balanced", choices=["balanced", "narrow"], help="balanced (default): the "
+                    "width follows the expected error, misses spread over all pixels; narrow: the smallest mean "
+                    "width, misses gather where errors are largest (docs/audit.md §6)")

@@ -290,16 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "simulated with the operator and --sigma, or real ones with --measurements) with "
                                     "the run's settings and K seeds, and write the calibration record RECORD (JSON) "
                                     "for `ddiff reconstruct --calibration RECORD` (RCPS; docs/audit.md §6).")
-    sp.add_argument("references")
-    sp.add_argument("record")
-    sp.add_argument("--measurements", default=None, help="ingested store of real measurements of the same frames")
-    sp.add_argument("--work-dir", default=None, help="simulated store and reconstruction (default: RECORD.work)")
-    sp.add_argument("--alpha", type=float, default=0.1, help="expected fraction of pixels outside their bounds (0.1)")
-    sp.add_argument("--delta", type=float, default=0.1, help="probability that the calibration set misleads (0.1)")
-    sp.add_argument("--bound", default="wsr", choices=["wsr", "hb"], help="Waudby-Smith–Ramdas (default) or "
-                    "Hoeffding–Bentkus upper confidence bound")
-    sp.add_argument("--fit-fraction", type=float, default=0.5, help="share of the frames that fit the scale rule; "
-                    "the rest choose the factor (0.5)")
+    from .calibrate import add_arguments
+
+    add_arguments(sp)
     _add_reconstruct_options(sp, calibrate=True)
     sp.set_defaults(fn=cmd_calibrate, seeds=4)
 

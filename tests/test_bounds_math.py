@@ -95,6 +95,29 @@ def test_rcps_controls_pixel_miscoverage_over_calibration_draws():
     assert np.mean(widths) < 0.8 * 2 * lam_c  # narrower than the constant band calibrated the same way
 
 
+def test_balanced_rule_spreads_the_misses_narrow_rule_minimises_the_width():
+    """Two kinds of pixels (a blind 'hole' with 10× the error sd, a feature that says which): the balanced
+    rule misses about as often in both, the narrow one is narrower and puts its misses in the hole."""
+    from ddiff.audit.bounds import _width_objective
+
+    rng = np.random.default_rng(4)
+    n, hw = 60, 16
+    hole = np.zeros((n, hw, hw), bool)
+    hole[:, 4:9, 4:9] = True
+    post = np.where(hole, 1.0, 0.1) + 0.0 * rng.random((n, hw, hw))
+    feats = np.stack([rng.gamma(2.0, 0.05, (n, hw, hw)), post, rng.gamma(2.0, 0.05, (n, hw, hw))], 1)
+    err = np.abs(rng.standard_normal((n, hw, hw)) * np.where(hole, 0.5, 0.05))
+    out = {}
+    for obj in ("balanced", "narrow"):
+        rule = fit_scale_rule(feats, err, 0.1, objective=obj)
+        s = rule.scale(feats)
+        lam = np.quantile(err / s, 0.9)
+        miss = err > lam * s
+        out[obj] = (miss[hole].mean(), miss[~hole].mean(), _width_objective(s.ravel(), err.ravel(), 0.1))
+    assert abs(out["balanced"][0] - out["balanced"][1]) < 0.04, out
+    assert out["narrow"][0] > 2 * out["narrow"][1] and out["narrow"][2] < out["balanced"][2], out
+
+
 def test_calibrate_bounds_splits_fit_and_lambda_frames():
     rng = np.random.default_rng(2)
     f, e = _synthetic(rng, 80)
