@@ -229,6 +229,11 @@ def check_frames(p: ReconstructParams):
 
     stack = storage.open_stack(p.input_store)
     meas = storage.measurement_of(stack)
+    bad = int((stack.meta.get("validity") or {}).get("invalid", 0))
+    if bad:  # the whole-frame solvers take every measured entry: refused here, not by the solver mid-run
+        raise ValueError(f"{p.input_store}: {bad} of its {meas['domain']} measurements are masked (NaN/Inf ingested "
+                         "with nonfinite='mask'); whole-frame reconstruction cannot leave measurements out yet — "
+                         "repair or drop those frames and ingest again")
     config, prior_sha = frame_config(p, stack, meas)
     prior = checked_prior(p, config, stack.shape[1], f"the measurements in {p.input_store} have")
     action, _ = storage.output_action(p.output_store, stack, storage.TilePlan(stack.frame_shape, halo=None), config,

@@ -163,6 +163,11 @@ def bad27(prefect_harness, tmp_path_factory):
     np.savetxt(d / "angles.txt", angles)
     flows.ingest_stack(flows.IngestParams(source=str(d / "sino.npy"), store=str(d / "s.zarr"), domain="sinogram",
                                           angles="0:186:6", intensity=[0, 1]), artifacts=False)
+    sino = rng.random((2, 31, 24), dtype=np.float32)
+    sino[1] = np.nan  # a lost frame, kept out of the likelihood at ingest
+    np.save(d / "sino_nan.npy", sino)
+    flows.ingest_stack(flows.IngestParams(source=str(d / "sino_nan.npy"), store=str(d / "s_nan.zarr"), domain="sinogram",
+                                          angles="0:186:6", intensity=[0, 1], nonfinite="mask"), artifacts=False)
     np.save(d / "kreal.npy", rng.random((1, 32, 32), dtype=np.float32))
     tiny_prior(d / "tiny.safetensors")
     with open(d / "evil.pt", "wb") as fh:
@@ -234,6 +239,10 @@ BAD_INPUTS_27 = [
      "written. Check the file's header (damaged or sparse?), or pass --max-size a larger size if that size is meant"),
     ("max-size-not-a-size", "ingest {d}/y.npy {d}/a.zarr --max-size lots",
      "--max-size lots: give a size like 500G, 2TiB or a number of bytes"),
+    ("masked-measurements-of-a-global-operator", "reconstruct {d}/s_nan.zarr {d}/o.zarr --sigma 0.1 --prior "
+     "{d}/tiny.safetensors --no-progress",
+     "{d}/s_nan.zarr: 744 of its sinogram measurements are masked (NaN/Inf ingested with --nonfinite mask); whole-frame "
+     "reconstruction cannot leave measurements out yet — repair or drop those frames and ingest again"),
     ("operator-on-a-sinogram", "reconstruct {d}/s.zarr {d}/o.zarr --operator gaussian_blur --sigma 0.1 --prior "
      "{d}/tiny.safetensors --no-progress",
      "{d}/s.zarr holds sinogram measurements of `ct_parallel_beam` (geometry recorded at ingest); drop --operator "

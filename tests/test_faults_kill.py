@@ -26,7 +26,8 @@ import flows
 import storage
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}  # a loaded machine starts the command's server slowly
 
 INGEST = r"""
 import sys, storage
@@ -148,8 +149,7 @@ def test_a_lost_prefect_api_stops_the_command_in_one_line_with_the_resume_comman
 
     out = tmp_path / "lost.zarr"
     env = {k: v for k, v in ENV.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), DDIFF_API_PROBE_S="1", DDIFF_API_LOST_AFTER_S="4",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="600")  # a loaded machine: slow server start
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), DDIFF_API_PROBE_S="1", DDIFF_API_LOST_AFTER_S="4")
     proc = subprocess.Popen(_cli(flows_env, out, steps=400), env=env, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)
     solved = lambda: out.is_dir() and storage.open_output(out).ledger.count("solved") >= 1  # noqa: E731
