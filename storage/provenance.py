@@ -1,6 +1,9 @@
 """Provenance of an output: what it records of its input and configuration, and the decisions made
 from that record — may a consumer read the input (:func:`open_input`), and what does a new run at
 an output path do (:func:`output_action`: create, resume, replace, or refuse and say why).
+A resume is decided by the command, never by the store: every manifest field the run reads must
+equal what the command computes (:func:`manifest_diff`; an edited ``config.prior_path`` is refused,
+naming it), and a finished output's fields must still hash to its ``config_hash`` (:func:`check_manifest`).
 
 Room: ``storage`` — standard library + the storage modules; never torch/prefect/``ddiff``/``flows``.
 
