@@ -122,9 +122,11 @@ def cmd_audit(a) -> int:
     with command_server(), api_watchdog(lambda: f"the reconstruction is untouched; rerun: ddiff audit {a.output}"), \
             _spinner(f"auditing {a.output}", not a.no_progress):
         r = audit_reconstruction(AuditParams(output_store=a.output, report_dir=a.report_dir, alpha=a.alpha,
-                                             window=a.window))
+                                             window=a.window, max_width=a.max_width))
     _console().print(f"[green]audit[/green] report {r['report']}; frames flagged {r['frames_flagged']}; "
                      f"tiles flagged {len(r['tiles_flagged'])}")
+    if r.get("bounds"):  # calibrated bounds: widths, the unresolved share and the guarantee
+        _console().print(r["uncertainty"].split("\n\n")[-1], markup=False)
     if r.get("frames_prior_only"):
         from .run_report import prior_only_text
 

@@ -190,7 +190,7 @@ def run_demo(a) -> int:
                 f"{float(np.mean(aud['chi2_nu'])):.3f}", f"{sum(flagged.values())}/{out.plan.n_tiles * a.frames}", *extra)
     con.print(tab)
     if calibration:
-        con.print(aud["uncertainty"].split("\n\n")[-1])
+        con.print(aud["uncertainty"].split("\n\n")[-1], markup=False)  # "[lower, upper]" is not markup
     total = time.perf_counter() - t_start
     con.print(f"input store   {r['input']}\nreconstruction {r['output']}  (OME-NGFF image at the root + labels/audit_flags; diagnostics/, audit/)\n"
               f"audit report  {aud['report']}\ntruth / degraded  {data['truth']} / {data['degraded']}")
