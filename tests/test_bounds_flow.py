@@ -185,3 +185,24 @@ def test_paired_kspace_calibration_and_whole_frame_bounds(flows_env, tmp_path):
         xr = out.recon()[t]
         assert lo.shape == xr.shape == (1, 16, 16) and np.all(lo <= xr + 1e-6) and np.all(xr <= hi + 1e-6)
         np.testing.assert_allclose(hi - lo, 2 * storage.read_uncertainty(out, t)["halfwidth"][None], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_reconstruct_with_calibration_and_audit_max_width(flows_env, record, tmp_path, capsys):
+    from flows.cli import main
+
+    out = tmp_path / "cli.zarr"
+    args = ["--prior", str(flows_env["prior"]), "--operator", "gaussian_blur", "--op-param", "kernel_size=7",
+            "--op-param", "std=1.0", "--sigma", str(SIGMA_DATA), "--steps", "3", "--tile", "24", "--overlap", "4",
+            "--seed", "3", "--batch-size", "4", "--threads", "1", "--no-progress"]
+    assert main(["reconstruct", str(flows_env["input"]), str(out), *args, "--calibration", str(record[0])]) == 0
+    assert main(["audit", str(out), "--window", "8", "--max-width", "0.04", "--no-progress"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "wider than --max-width 0.04" in text and "outside [lower, upper] is ≤ 0.3" in text
+    o = storage.open_output(out)
+    lab = zarr.open_group(out, mode="r")["labels/unresolved/0"]
+    assert np.array_equal(lab[0].astype(bool), 2 * storage.read_uncertainty(o, 0)["halfwidth"] > 0.04)
+    capsys.readouterr()
+    assert main(["reconstruct", str(flows_env["input"]), str(tmp_path / "x.zarr"), *args, "--seeds", "3",
+                 "--calibration", str(record[0])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibrated with 2 seeds" in err[0] and not (tmp_path / "x.zarr").exists()
