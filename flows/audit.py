@@ -130,9 +130,9 @@ def _audit(p: AuditParams) -> dict:
     with storage.RunLock(out.path) as lock:
         vol = None
         if storage.is_frame_output(out) or is_volume_output(out):  # a global operator, or whole z-stacks
-            res, tile_flags, first = _audit_whole_frames(out, p, lock.run_id, logger)
+            (res, tile_flags, first), windows_none = _audit_whole_frames(out, p, lock.run_id, logger), {}
         else:
-            res, tile_flags, first = _audit_regions(out, p, lock.run_id, logger)
+            res, tile_flags, first, windows_none = _audit_regions(out, p, lock.run_id, logger)
         if is_volume_output(out):  # per plane and per brick (audit_volume/), bricks flagged over each volume's
             vol = audit_volumes(out, alpha=p.alpha, control=p.control)
             storage.consolidate(out.path)
@@ -177,7 +177,7 @@ def _audit(p: AuditParams) -> dict:
                                                "report": abspath(md_path), "alpha": p.alpha})
     return {"report": str(md_path), "dataset": f"{out.path}/audit", "chi2_nu": chi, "p_value": pv,
             "frames_flagged": [t for t, b in enumerate(flags_frame) if b], "tiles_flagged": flagged_tiles,
-            "frames_prior_only": none,
+            "frames_prior_only": none, "windows_prior_only": windows_none,
             "prior_filled_fraction": unc["fraction"], "uncertainty": unc["line"], **({"volume": vol} if vol else {}),
             **({} if bnd is None else {"bounds": {k: v for k, v in bnd.items() if k != "png"}})}
 
@@ -192,13 +192,18 @@ def _audit_regions(out: storage.OutputStore, p: AuditParams, run_id: str, logger
     n = out.n_frames
     storage.create_audit(out, maps=True)
     tile_flags, frames = np.zeros((n, out.plan.n_tiles), bool), []
-    no_data = prior_only_tiles(out)
+    no_data, windows_none = prior_only_tiles(out), {}
     for t in range(n):
         fa = ra.frame(t, on_window_p=lambda y0, x0, a, t=t: storage.write_audit_block(out, "window_p", t, y0, x0, a))
         for y0, x0, fm in ra.flag_blocks(fa):
             storage.write_audit_block(out, "flag_map", t, y0, x0, fm)
             storage.write_flag_label(out, "audit_flags", t, fm, run_id=run_id, origin=(y0, x0), pyramid=False)
         storage.label_pyramid(out, "audit_flags", t, run_id=run_id)
+        if fa.cell_none.any():  # windows without a valid measurement: labelled, never shown as "fine"
+            for y0, x0, fm in ra.flag_blocks(fa, fa.cell_none):
+                storage.write_flag_label(out, "prior_only", t, fm, run_id=run_id, origin=(y0, x0), pyramid=False)
+            storage.label_pyramid(out, "prior_only", t, run_id=run_id)
+            windows_none[t] = int(fa.cell_none.sum())
         tile_flags[t] = ra.tile_flags(fa) | no_data[t]  # a tile with no valid measurement is flagged too
         frames.append(fa)
         r = ra.result([fa])
@@ -214,7 +219,10 @@ def _audit_regions(out: storage.OutputStore, p: AuditParams, run_id: str, logger
         k = min(n, CHUNK, max(1, REPORT_CHUNK_BYTES // nbytes))
         r0, x, y, _ = audit_frames(out.path, 0, k, alpha=p.alpha, window=p.window, control=p.control)
         first = (r0, x, y)
-    return res, tile_flags, first
+    if windows_none:
+        logger.warning("%s: %d audit windows (labels/prior_only) in frames %s", PRIOR_ONLY, sum(windows_none.values()),
+                       sorted(windows_none)[:50])
+    return res, tile_flags, first, windows_none
 
 
 def _audit_whole_frames(out: storage.OutputStore, p: AuditParams, run_id: str, logger):

@@ -56,6 +56,7 @@ class FrameAudit:
     dof: float
     cell_p: np.ndarray
     cell_flag: np.ndarray | None = None
+    cell_none: np.ndarray | None = None  # cells inside the audited area with no valid measurement: prior only
 
 
 class RegionAudit:
@@ -125,7 +126,7 @@ class RegionAudit:
         ky0, ky1, kx0, kx1 = max(0, y0 - self.wm), min(self.H, y1 + self.wm), max(0, x0 - self.wm), min(self.W, x1 + self.wm)
         cut = (slice(ky0 - wy0, ky1 - wy0), slice(kx0 - wx0, kx1 - wx0))
         stats = tuple(t[..., cut[0], cut[1]] for t in stats)
-        return stats, obs[..., cut[0], cut[1]], (y0 - ky0, x0 - kx0)
+        return stats, obs[..., cut[0], cut[1]], (y0 - ky0, x0 - kx0), core[cut[0], cut[1]]
 
     def _maps(self, maps, off, shape, sliding: bool):
         """Window sums of the channel-summed ``maps`` for the block at ``off`` of size ``shape``."""
@@ -142,9 +143,10 @@ class RegionAudit:
         S = E = V = K3 = 0.0
         m = 0
         cell_p = np.full((self.ny, self.nx), np.nan)
+        cell_none = np.zeros((self.ny, self.nx), bool)
         for block in self.blocks():
             y0, y1, x0, x1 = block
-            stats, obs, off = self._entries(frame, block)
+            stats, obs, off, core = self._entries(frame, block)
             oy, ox = off
             inner = [t[..., oy:oy + y1 - y0, ox:ox + x1 - x0] for t in stats]
             S, E, V, K3 = (acc + float(t.sum()) for acc, t in zip((S, E, V, K3), inner))
@@ -152,12 +154,16 @@ class RegionAudit:
             maps = [t.sum(1) for t in stats]  # sum channels: (1, h, w)
             Sc, Ec, Vc, K3c = self._maps(maps, off, (y1 - y0, x1 - x0), sliding=False)
             pc = torch.where(Ec > 0, scaled_chi2_sf(Sc, Ec, Vc, K3c), torch.full_like(Sc, float("nan")))
-            cell_p[y0 // self.wm:y0 // self.wm + pc.shape[-2], x0 // self.wm:x0 // self.wm + pc.shape[-1]] = pc[0].numpy()
+            cy, cx = slice(y0 // self.wm, y0 // self.wm + pc.shape[-2]), slice(x0 // self.wm, x0 // self.wm + pc.shape[-1])
+            cell_p[cy, cx] = pc[0].numpy()
+            # a cell of the audited area (not the excluded frame edge) without one valid measurement
+            inside = self._maps([core[None].double()], off, (y1 - y0, x1 - x0), sliding=False)[0]
+            cell_none[cy, cx] = ((inside > 0) & ~(Ec > 0))[0].numpy()
             if on_window_p is not None:
                 Sw, Ew, Vw, K3w = self._maps(maps, off, (y1 - y0, x1 - x0), sliding=True)
                 pw = torch.where(Ew > 0, scaled_chi2_sf(Sw, Ew, Vw, K3w), torch.full_like(Sw, float("nan")))
                 on_window_p(y0 * self.f, x0 * self.f, self._to_image(pw[0].numpy()))
-        fa = FrameAudit(S, E, V, K3, float(m), cell_p)
+        fa = FrameAudit(S, E, V, K3, float(m), cell_p, cell_none=cell_none)
         fa.cell_flag = fwer_threshold(torch.from_numpy(cell_p).reshape(1, -1), self.alpha, self.control).reshape(
             cell_p.shape).numpy()
         return fa
@@ -165,10 +171,12 @@ class RegionAudit:
     def _to_image(self, a: np.ndarray) -> np.ndarray:
         return a if self.f == 1 else a.repeat(self.f, 0).repeat(self.f, 1)
 
-    def flag_blocks(self, fa: FrameAudit):
-        """Pass 2: ``(y0, x0, flag map)`` blocks on the image grid (flagged cells, as ``audit``'s ``flag_map``)."""
+    def flag_blocks(self, fa: FrameAudit, cells: np.ndarray | None = None):
+        """Pass 2: ``(y0, x0, flag map)`` blocks on the image grid (flagged cells, as ``audit``'s ``flag_map``;
+        ``cells``: another cell map, e.g. ``fa.cell_none``)."""
+        cells = fa.cell_flag if cells is None else cells
         for y0, y1, x0, x1 in self.blocks():
-            c = fa.cell_flag[y0 // self.wm:-(-y1 // self.wm), x0 // self.wm:-(-x1 // self.wm)]
+            c = cells[y0 // self.wm:-(-y1 // self.wm), x0 // self.wm:-(-x1 // self.wm)]
             fm = c.repeat(self.wm, 0).repeat(self.wm, 1)[: y1 - y0, : x1 - x0]
             yield y0 * self.f, x0 * self.f, self._to_image(fm)
 

@@ -20,6 +20,8 @@ LABELS = {
     "audit_flags": ({1: (255, 0, 255, 160)}, {1: {"class": "flagged: residual structure the noise model does not "
                                                            "explain (hallucination audit, windows with p < alpha)"}}),
     "prior_filled": ({1: (255, 160, 0, 160)}, {1: {"class": "prior-filled: seeds differ where the data is blind"}}),
+    "prior_only": ({1: (0, 160, 255, 160)}, {1: {"class": "no measurements: prior only (audit windows without one "
+                                                           "valid measured value; the audit cannot test them)"}}),
     "unresolved": ({1: (0, 200, 255, 160)}, {1: {"class": "unresolved: the calibrated bounds are wider than "
                                                           "--max-width (the data cannot pin the value there)"}}),
 }

@@ -20,7 +20,7 @@ from flows.audit_report import PRIOR_ONLY
 @pytest.fixture(scope="module")
 def holes(flows_env, tmp_path_factory):
     """A 3-frame stack: frame 1 masked out entirely (an all-False ``--mask`` plane), frame 2 all NaN
-    ingested with ``nonfinite='mask'`` — two frames with no valid measurement."""
+    ingested with ``nonfinite='mask'`` — two frames with no valid measurement — and a 16² hole in frame 0."""
     d = tmp_path_factory.mktemp("holes")
     y = np.load(flows_env["y"])  # (2, 1, 48, 40)
     y = np.concatenate([y, y[:1]]).astype(np.float32)
@@ -28,6 +28,7 @@ def holes(flows_env, tmp_path_factory):
     np.save(d / "y.npy", y)
     mask = np.ones((3, 48, 40), np.uint8)
     mask[1] = 0
+    mask[0, 16:32, 16:32] = 0  # four 8² audit windows of frame 0 without a measurement
     np.save(d / "mask.npy", mask)
     storage.ingest(d / "y.npy", d / "in.zarr", axes="tcyx", intensity=(0, 1), nonfinite="mask", mask=d / "mask.npy")
     return {**flows_env, "input": d / "in.zarr", "dir": d}
@@ -44,6 +45,10 @@ def test_frames_without_measurements_are_flagged_prior_only_never_fine(holes):
     assert {(t, k) for t in (1, 2) for k in range(4)} <= set(aud["tiles_flagged"])
     flag = np.asarray(storage.open_output(out).group()["audit/frame_flag"][:])
     assert flag[1] and flag[2]
+    # windows: the hole's 4 cells of frame 0 and every cell (6 × 5) of frames 1, 2 are labelled prior only
+    assert aud["windows_prior_only"] == {0: 4, 1: 30, 2: 30}
+    label = np.asarray(storage.open_output(out).group()["labels/prior_only/0"][:])
+    assert label.shape == (3, 48, 40) and label[0].sum() == 256 and label[0, 16:32, 16:32].all() and label[1:].all()
     report = open(aud["report"], encoding="utf-8").read()
     assert f"{PRIOR_ONLY}: 2 / 3" in report and f"**{PRIOR_ONLY} (< 16 valid values)**" in report
     from flows.run_report import frame_fit_rows, publish_verdict
