@@ -65,6 +65,7 @@ def bound_features(samples: torch.Tensor, operator, noise, y: torch.Tensor | Non
     spread = _box(var, 5).clamp_min(0).sqrt()  # pooled over 5×5: K seeds give a noisy per-pixel sd
     Ax = operator(mean.to(samples.dtype))
     sd = entry_sd(noise, Ax.abs() if Ax.is_complex() else Ax, y)
+    sd = sd.clamp_min(1e-6 * float(sd.max()) + 1e-30)  # a zero-count Poisson entry: finite weight, no NaN
     g = torch.Generator(device="cpu").manual_seed(seed)
     d = _diag_ata(operator, samples[0], probes, g, weight=1.0 / sd**2)
     if d is None:  # nonlinear: no per-pixel information; the constant and the other features carry s
