@@ -285,6 +285,9 @@ def _prior_filled_label(out: storage.OutputStore, run_id: str) -> dict:
     """``labels/prior_filled`` from ``uncertainty/prior_filled`` (> 0.5), core by core; or the line
     saying no uncertainty was computed and how to get it."""
     K = int(out.manifest["config"].get("seeds", 1) or 1)
+    if storage.has_uncertainty(out) and K < 2:  # calibrated bounds of a one-seed run: no spread to label
+        return {"fraction": None, "line": "seed spread: not computed (one seed); the calibrated bounds below use "
+                                          "the operator's and the image's features only"}
     if not storage.has_uncertainty(out):
         return {"fraction": None, "line": "uncertainty: not computed (one seed per tile); rerun `ddiff reconstruct` "
                                           "with --seeds K (K >= 2, K x the solver cost) for the seed spread and "

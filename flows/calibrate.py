@@ -81,9 +81,6 @@ def check_calibrate(p: CalibrateParams) -> tuple[storage.Stack, np.ndarray]:
         raise ValueError(f"{rec} exists; pass --overwrite to replace the record")
     if not creatable(rec.parent if str(rec.parent) else Path(".")):
         raise ValueError(f"cannot write {rec}: its folder is not writable")
-    if p.solver.seeds < 2:
-        raise ValueError(f"--seeds {p.solver.seeds}: the bounds use the spread of K >= 2 seeds; pass --seeds 4 "
-                         "(the default of ddiff calibrate)")
     refs = storage.open_stack(p.references)
     if storage.measurement_of(refs) is not None:
         raise ValueError(f"{p.references} holds measurements, not reference images; ingest the ground-truth frames "
@@ -163,7 +160,7 @@ def calibrate_bounds_flow(params: CalibrateParams) -> dict:
     source = p.measurements or _simulate(p, refs, truth, work)
     rp = ReconstructParams(input_store=source, output_store=str(work / "recon.zarr"), operator=p.operator,
                            noise=p.noise, prior=p.prior, solver=p.solver, tile=p.tile, overlap=p.overlap, seed=p.seed,
-                           execution=p.execution, overwrite=True, artifacts=False)
+                           execution=p.execution, overwrite=True, artifacts=False, keep_features=True)
     rec = reconstruct_stack(rp)
     out = storage.open_output(rec["output"])
     imap = out.intensity

@@ -113,7 +113,7 @@ def solve_frame_batch(desc: dict) -> dict:
     with T._device_guard(device, desc.get("gpu_limit")):
         if zb is None:
             res = solver.solve(y, A, noise, generator=gens, x_shape=(len(frames), y.shape[1], A.Np, A.Mp))
-            unc = T.seed_spread(res, A, noise, y, cfg.get("bounds"))  # (B, 7, Np, Mp) with seeds >= 2, else None
+            unc = T.seed_spread(res, A, noise, y, cfg.get("bounds"), cfg.get("features", False))  # (B, 7, Np, Mp) with seeds >= 2, else None
             x = res.x
         else:  # the brick as one volume (1, C, Z, ·, ·); its core slices are kept
             yv = y.movedim(0, 1)[None]

@@ -268,6 +268,7 @@ class ReconstructParams(_Model):
                                        "one): also write calibrated bounds uncertainty/lower, upper; implies its seeds")
     overwrite: bool = Field(False, description="replace an output written with a different configuration")
     artifacts: bool = Field(True, description="publish progress/summary artifacts")
+    keep_features: SkipJsonSchema[bool] = Field(False)  # set by `ddiff calibrate`: keep the bound features (K = 1)
     # testing hook, left out of the JSON schema: deployment forms in the Prefect UI never show it
     fail_after_tiles: SkipJsonSchema[Optional[int]] = Field(
         None, ge=0, description="TESTING: stop with an error after this many tiles are written")

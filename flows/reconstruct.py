@@ -104,6 +104,8 @@ def solver_config(p: ReconstructParams, op_name: str, op_params: dict, prior_pat
     }
     if p.solver.seeds > 1:  # only then: configurations of single-sample runs keep their hash
         config["seeds"] = int(p.solver.seeds)
+    elif p.keep_features:  # a one-seed calibration run (flows.calibrate): the bound features are kept
+        config["features"] = True
     return config
 
 

@@ -222,23 +222,31 @@ def make_solver(config: dict, prior, keep_samples: bool = False):
     return solver
 
 
-def seed_spread(res, A, noise, y: torch.Tensor, bounds: dict | None = None) -> np.ndarray | None:
+def seed_spread(res, A, noise, y: torch.Tensor, bounds: dict | None = None, features: bool = False) -> np.ndarray | None:
     """``(B, 7, H, W)`` float32 maps of a multi-seed result, in the order of ``storage.UNC_MAPS``:
     seed spread (model units), measured spread (noise sd; NaN when the grids are unrelated),
     prior-filled (0/1) — :func:`ddiff.audit.uncertainty` on the K runs —, the bound features
     (:data:`ddiff.audit.FEATURES`: pooled spread, posterior sd, structure; model units) and the calibrated
-    half-width ``λ·s`` (``bounds`` = the run's ``config["bounds"]``; NaN without). ``None`` for one seed."""
-    if res.samples is None:
+    half-width ``λ·s`` (``bounds`` = the run's ``config["bounds"]``; NaN without). ``None`` for one seed
+    unless it has bounds or ``features`` (a K = 1 calibration): spread 0, measured spread NaN, nothing
+    prior-filled."""
+    samples = res.samples if res.samples is not None else (res.x[None] if bounds or features else None)
+    if samples is None:
         return None
     from ddiff.audit import ScaleRule, bound_features
 
-    u = uncertainty(res.samples.float(), A, noise, y)
-    feats = bound_features(res.samples.float(), A, noise, y)
-    ms = u.measured_spread if u.measured_spread is not None else torch.full_like(u.spread, float("nan"))
+    feats = bound_features(samples.float(), A, noise, y)
+    if samples.shape[0] > 1:
+        u = uncertainty(samples.float(), A, noise, y)
+        spread, pf = u.spread, u.prior_filled.to(u.spread)
+        ms = u.measured_spread if u.measured_spread is not None else torch.full_like(u.spread, float("nan"))
+    else:
+        spread = torch.zeros_like(feats[:, 0])
+        ms, pf = torch.full_like(spread, float("nan")), torch.zeros_like(spread)
     half = (float(bounds["lambda"]) * ScaleRule.from_dict(bounds["rule"]).scale(feats) if bounds
-            else torch.full_like(u.spread, float("nan")))
-    return torch.cat([torch.stack([u.spread, ms.to(u.spread), u.prior_filled.to(u.spread)], 1), feats.to(u.spread),
-                      half.to(u.spread)[:, None]], 1).float().cpu().numpy()
+            else torch.full_like(spread, float("nan")))
+    return torch.cat([torch.stack([spread, ms.to(spread), pf], 1), feats.to(spread), half.to(spread)[:, None]],
+                     1).float().cpu().numpy()
 
 
 def data_residual(y: np.ndarray, Ax: np.ndarray, valid: np.ndarray, scale: float) -> np.ndarray:
@@ -314,7 +322,7 @@ def solve_batch(desc: dict) -> dict:
     solver = make_solver(cfg, prior, keep_samples=True)
     with _device_guard(device, desc.get("gpu_limit")):
         res = solver.solve(y, A, noise, generator=gens, x_shape=x_shape)
-    unc = seed_spread(res, A, noise, y, cfg.get("bounds"))
+    unc = seed_spread(res, A, noise, y, cfg.get("bounds"), cfg.get("features", False))
     x = res.x.float()
     with torch.no_grad():
         Ax = A(x)

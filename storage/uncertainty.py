@@ -64,8 +64,10 @@ _UNITS = {"spread": "intensity units of the input (sd over seeds)",
 
 
 def keeps_seeds(manifest: dict) -> bool:
-    """Whether an output's run keeps the seed spread: ``seeds ≥ 2``."""
-    return int(manifest.get("config", {}).get("seeds", 1) or 1) > 1
+    """Whether an output's run keeps the uncertainty maps: ``seeds ≥ 2``, calibrated bounds, or the bound
+    features of a one-seed calibration run (``config["features"]``)."""
+    cfg = manifest.get("config", {})
+    return int(cfg.get("seeds", 1) or 1) > 1 or is_bounded(manifest) or bool(cfg.get("features"))
 
 
 def is_bounded(manifest: dict) -> bool:

@@ -206,3 +206,23 @@ def test_cli_reconstruct_with_calibration_and_audit_max_width(flows_env, record,
                  "--calibration", str(record[0])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "calibrated with 2 seeds" in err[0] and not (tmp_path / "x.zarr").exists()
+
+
+def test_one_seed_calibration_gives_bounds_at_the_cost_of_one_run(flows_env, tmp_path):
+    """K = 1: no seed spread (its weight is 0), the operator's and the image's features carry s."""
+    refs = _refs(tmp_path / "r1")
+    p = _cal_params(refs, tmp_path / "k1.json", flows_env["prior"]).model_copy(
+        update={"solver": flows.SolverSpec(name="ddiff", steps=3, seeds=1)})
+    flows.calibrate_bounds_flow(p)
+    rec = json.loads((tmp_path / "k1.json").read_text())
+    assert rec["seeds"] == 1 and rec["rule"]["weights"][1] == 0.0 and rec["ucb"] < ALPHA
+    q = _run(flows_env, tmp_path / "one.zarr", tmp_path / "k1.json")
+    flows.reconstruct_stack(q)
+    out = storage.open_output(q.output_store)
+    assert "seeds" not in out.manifest["config"] and storage.is_bounded(out.manifest)
+    u = storage.read_uncertainty(out, 0)
+    assert np.all(u["spread"] == 0) and np.all(np.isfinite(u["halfwidth"])) and np.all(u["halfwidth"] > 0)
+    lo, hi = storage.read_bounds(out, 0)
+    assert np.all(lo <= out.recon()[0] + 1e-6) and np.all(out.recon()[0] <= hi + 1e-6)
+    res = flows.audit_reconstruction(flows.AuditParams(output_store=q.output_store, window=8, artifacts=False))
+    assert res["prior_filled_fraction"] is None and "one seed" in res["uncertainty"] and res["bounds"]["frames"]
