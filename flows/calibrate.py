@@ -230,9 +230,10 @@ def run_calibrate(a, command_server) -> int:
 
 def add_arguments(sp) -> None:
     """The options of ``ddiff calibrate`` beyond the ones it shares with ``ddiff reconstruct``."""
-    sp.add_argument("references")
-    sp.add_argument("record")
-    sp.add_argument("--measurements", default=None, help="ingested store of real measurements of the same frames")
+    sp.add_argument("references", help="an ingested store of ground-truth frames")
+    sp.add_argument("record", help="the calibration record (JSON) to write")
+    sp.add_argument("--measurements", default=None, help="ingested store of real measurements of the same frames "
+                    "(default: simulated with the operator and --sigma)")
     sp.add_argument("--work-dir", default=None, help="simulated store and reconstruction (default: RECORD.work)")
     sp.add_argument("--alpha", type=float, default=0.1, help="expected fraction of pixels outside their bounds (0.1)")
     sp.add_argument("--delta", type=float, default=0.1, help="probability that the calibration set misleads (0.1)")

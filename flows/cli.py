@@ -23,7 +23,7 @@ from pathlib import Path
 
 # the helpers the demo shares live in flows.console (no import cycle cli <-> demo); these names stay
 # importable from flows.cli as before
-from .cli_options import _add_reconstruct_options, _noise_options, _reconstruct_params  # noqa: F401
+from .cli_options import HelpFormatter, _add_reconstruct_options, _noise_options, _reconstruct_params  # noqa: F401
 from .console import (_BenchProgress, _console, _kv, _LedgerProgress, _PollProgress,  # noqa: F401
                       _solver_options, _spinner, cli_spelling)
 
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add = sub.add_parser
 
     def add_parser(*args, **kw):
-        return _add(*args, parents=[common], **kw)
+        return _add(*args, parents=[common], formatter_class=HelpFormatter, **kw)
 
     sub.add_parser = add_parser  # every command takes --verbose/--debug/--no-progress
 
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "prints where everything is plus a table (PSNR vs truth, chi2, flagged tiles). "
                                     "CPU, offline, a few minutes.")
     sp.add_argument("--dir", default="ddiff-demo", help="working folder (default: ./ddiff-demo)")
-    sp.add_argument("--frames", type=int, default=8)
+    sp.add_argument("--frames", type=int, default=8, help="frames of the generated stack")
     sp.add_argument("--size", type=int, default=None, help="frame side in pixels (default 128; with --bounds the "
                     "shipped record's frame size; held-out parts are >= 128 wide)")
     sp.add_argument("--bounds", action="store_true", help="also compute per-pixel error bounds with the shipped "
@@ -234,33 +234,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("ingest", help="stream a TIFF/.npy/folder/HDF5 stack into an OME-Zarr input store",
                         description="Stream SOURCE into the OME-Zarr store STORE (flow ingest_stack).")
-    sp.add_argument("source")
-    sp.add_argument("store")
-    sp.add_argument("--axes", default=None, help="the source's axes in its own order, letters of TCZYX (e.g. ZYX, "
-                    "TZCYX); default: from OME-TIFF/ImageJ metadata or HDF5 dimension labels")
+    sp.add_argument("source", help="a TIFF/OME-TIFF/ImageJ file, a .npy, a folder of PNG/JPEG/TIFF frames, or "
+                    "file.h5:/dataset (docs/volumes.md: what each TIFF layout becomes)")
+    sp.add_argument("store", help="the OME-Zarr input store to write (a folder, e.g. in.zarr)")
+    sp.add_argument("--axes", default=None, help="the source's axes in its own order, letters of TCZYX, one per axis "
+                    "tifffile reports (e.g. TYX for a (3, H, W) page of samples, ZYX, TZCYX); default: from OME-TIFF/"
+                    "ImageJ metadata, HDF5 dimension labels, else leading axes are time")
     sp.add_argument("--pixel-size", default=None, help="Y,X (or one value) physical pixel size; default: from the file")
     sp.add_argument("--z-step", type=float, default=None, help="physical z spacing; default: from the file")
     sp.add_argument("--time-step", type=float, default=None, help="time between frames; default: from the file")
     sp.add_argument("--space-unit", default=None, help="e.g. micrometer, nanometer (default: from the file)")
     sp.add_argument("--time-unit", default=None, help="e.g. second, millisecond (default: from the file)")
-    sp.add_argument("--chunk", type=int, default=256)
-    sp.add_argument("--intensity", default="percentile", help="percentile | minmax | dtype | LOW,HIGH")
-    sp.add_argument("--nonfinite", default="refuse", choices=["refuse", "mask"])
+    sp.add_argument("--chunk", type=int, default=256, help="chunk side in pixels of the stored frames")
+    sp.add_argument("--intensity", default="percentile", help="the map to model space [-1, 1]: percentile (0.1/99.9th "
+                    "percentiles of the data), minmax, dtype (the integer range) or LOW,HIGH in data units")
+    sp.add_argument("--nonfinite", default="refuse", choices=["refuse", "mask"],
+                    help="NaN/inf pixels: refuse the source, or mask them out of the fit")
     sp.add_argument("--max-size", default=None, metavar="SIZE", help="refuse a source declaring more than SIZE "
                     "uncompressed (e.g. 500G, 2TiB); default: the free space on the store's disk")
     sp.add_argument("--saturation", default="dtype",
                     help="values >= LEVEL (data units) are saturated and masked out: 'dtype' (default: the integer "
                          "maximum, e.g. 65535), a number (e.g. 4095 for a 12-bit camera), or 'none'")
-    sp.add_argument("--mask", default=None, help="validity mask (.npy/.tif, non-zero = valid): (H,W), (T,H,W) or (T,C,H,W)")
-    sp.add_argument("--bad-pixels", default=None, help="detector bad-pixel map (.npy/.tif, non-zero = bad): (H,W) or (C,H,W)")
-    sp.add_argument("--overwrite", action="store_true")
+    sp.add_argument("--mask", default=None, help="validity mask (.npy/.tif, non-zero = valid): (H,W), (T,H,W) or (T,C,H,W); default: all valid")
+    sp.add_argument("--bad-pixels", default=None, help="detector bad-pixel map (.npy/.tif, non-zero = bad): (H,W) or (C,H,W); default: none")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing store")
     m = sp.add_argument_group("measurement domains (solved as whole frames; see docs/modalities.md)")
     m.add_argument("--domain", default="image", choices=["image", "sinogram", "kspace", "fourier_magnitude"],
                    help="image (default, tiled); sinogram (frames = angle x detector); kspace (complex, DC "
                         "centred, single coil); fourier_magnitude (phase retrieval). For measurements --intensity "
                         "LOW,HIGH is the range of the IMAGE (default: estimated from the classical reconstruction)")
     m.add_argument("--angles", default=None, help="sinogram: projection angles in degrees — START:STOP:STEP "
-                   "(e.g. 0:180:3), a count N (evenly over [0,180)), a comma list, or a .npy/.txt file")
+                   "(e.g. 0:180:3), a count N (evenly over [0,180)), a comma list, or a .npy/.txt file; required for a sinogram (default: none)")
     m.add_argument("--sampling-mask", default=None, help="kspace: sampling mask .npy, (H,) rows or (H,W) "
                    "(default: the rows that are not all zero)")
     m.add_argument("--image-size", type=int, default=None, help="sinogram: side N of the N x N image "
@@ -271,18 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("reconstruct", help="reconstruct an ingested stack (tiled, batched, resumable)",
                         description="Reconstruct INPUT (an ingested store) into OUTPUT (flow reconstruct_stack). "
                                     "Rerun the same command to resume an interrupted run.")
-    sp.add_argument("input")
-    sp.add_argument("output")
+    sp.add_argument("input", help="the ingested input store (ddiff ingest)")
+    sp.add_argument("output", help="the output store to write (e.g. recon.zarr); an existing one is resumed")
     _add_reconstruct_options(sp)
     sp.set_defaults(fn=cmd_reconstruct)
 
     sp = sub.add_parser("audit", help="hallucination audit of a finished reconstruction",
                         description="Audit OUTPUT (flow audit_reconstruction): per-frame/per-tile chi2 tests, "
                                     "flagged regions, a markdown+PNG report.")
-    sp.add_argument("output")
-    sp.add_argument("--report-dir", default=None)
-    sp.add_argument("--alpha", type=float, default=0.05)
-    sp.add_argument("--window", type=int, default=16)
+    sp.add_argument("output", help="a finished reconstruction (ddiff reconstruct's output store)")
+    sp.add_argument("--report-dir", default=None, help="where audit_report.md and its pictures go (default: "
+                    "OUTPUT.audit next to the store, e.g. recon.zarr.audit)")
+    sp.add_argument("--alpha", type=float, default=0.05, help="significance level of the χ² tests (false-flag rate "
+                    "per test when the reconstruction explains the data)")
+    sp.add_argument("--window", type=int, default=16, help="side in pixels of the regions tested for misfit")
     sp.add_argument("--max-width", type=float, default=None, help="calibrated bounds wider than this (image units) "
                     "are labelled unresolved (default: 10%% of the input's intensity range)")
     sp.set_defaults(fn=cmd_audit)
@@ -300,21 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train", help="train a compact prior on an ingested store of clean images",
                         description="Train (or resume) a diffusion prior on crops of DATA (flow train_prior).")
-    sp.add_argument("data")
-    sp.add_argument("out_dir")
-    sp.add_argument("--preset", default="compact")
-    sp.add_argument("--crop", type=int, default=64)
-    sp.add_argument("--steps", type=int, default=1000)
-    sp.add_argument("--batch-size", type=int, default=16)
-    sp.add_argument("--lr", type=float, default=2e-4)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--device", default=None)
-    sp.add_argument("--max-minutes", type=float, default=None)
-    sp.add_argument("--export", default=None, help="write the EMA weights to this .safetensors at the end")
-    sp.add_argument("--init", default=None, help="start from these weights ('default' or a .safetensors/.pt path)")
-    sp.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"])
+    sp.add_argument("data", help="an ingested store of clean images")
+    sp.add_argument("out_dir", help="folder for checkpoints and the training log (rerun to resume)")
+    sp.add_argument("--preset", default="compact", help="network size preset")
+    sp.add_argument("--crop", type=int, default=64, help="training crop side in pixels")
+    sp.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    sp.add_argument("--batch-size", type=int, default=16, help="crops per optimizer step")
+    sp.add_argument("--lr", type=float, default=2e-4, help="learning rate")
+    sp.add_argument("--seed", type=int, default=0, help="random seed of crops and noise")
+    sp.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+    sp.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long "
+                    "(default: no limit)")
+    sp.add_argument("--export", default=None, help="write the EMA weights to this .safetensors at the end (default: not exported)")
+    sp.add_argument("--init", default=None, help="start from these weights ('default' or a .safetensors/.pt path; default: random)")
+    sp.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"],
+                    help="learning-rate schedule")
     sp.add_argument("--lr-min", type=float, default=0.0, help="lr at the last step of a cosine/linear schedule")
-    sp.add_argument("--warmup-steps", type=int, default=0)
+    sp.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
     sp.add_argument("--ema", type=float, default=0.999, help="EMA decay")
     sp.add_argument("--low-t-fraction", type=float, default=0.0, help="share of each batch with t < 250")
     sp.set_defaults(fn=cmd_train)
@@ -326,30 +334,30 @@ def build_parser() -> argparse.ArgumentParser:
                     "markdown tables, plots and report.md into OUT. Rerunning the same command resumes. "
                     "Presets: paper (256², 1000 NFE, 100 images: a GPU job; needs --images), cpu (default prior, "
                     "64² held-out crops, < 30 min on 2 cores), smoke (seconds).")
-    sp.add_argument("--preset", default="cpu", choices=["paper", "cpu", "smoke"])
+    sp.add_argument("--preset", default="cpu", choices=["paper", "cpu", "smoke"], help="see the presets above")
     sp.add_argument("--out", default="bench", help="output folder (default: ./bench)")
     sp.add_argument("--prior", default="default", help="'default' or a .safetensors/.pt checkpoint")
     sp.add_argument("--dataset", default="ffhq", choices=["ffhq", "imagenet"], help="which paper DDiff settings")
     sp.add_argument("--images", default=None, help="evaluation images: folder of PNG/TIFF or .npy (default: bundled)")
     sp.add_argument("--tasks", default=None, help="comma-separated tasks (default: the preset's)")
     sp.add_argument("--solvers", default=None, help="comma-separated solvers (ddiff = the paper's values, "
-                    "ddiff_auto = self-calibrated, ddiff_hqs, diffpnp_admm, diffpnp_hqs, dps, diffpir, daps, tv)")
-    sp.add_argument("--size", type=int, default=None)
-    sp.add_argument("--n-images", type=int, default=None)
-    sp.add_argument("--nfe", type=int, default=None, help="NFE budget of every diffusion solver")
+                    "ddiff_auto = self-calibrated, ddiff_hqs, diffpnp_admm, diffpnp_hqs, dps, diffpir, daps, tv; default: the preset's)")
+    sp.add_argument("--size", type=int, default=None, help="image side (default: the preset's)")
+    sp.add_argument("--n-images", type=int, default=None, help="images per task (default: the preset's)")
+    sp.add_argument("--nfe", type=int, default=None, help="NFE budget of every diffusion solver (default: the preset's)")
     sp.add_argument("--sigma", type=float, default=0.05, help="σ_y of Table 1/2 (model space, default 0.05)")
     sp.add_argument("--noise-sweep", default=None, help="comma-separated σ_y values (default 0.01,0.05,0.1,0.2,0.5)")
-    sp.add_argument("--nfe-sweep", default=None, help="comma-separated NFE budgets")
-    sp.add_argument("--sweep-task", default=None, help="task of the noise and NFE studies")
-    sp.add_argument("--noise-sweep-solvers", default=None, help="comma-separated solvers of the noise study")
-    sp.add_argument("--nfe-sweep-solvers", default=None, help="comma-separated solvers of the NFE study")
-    sp.add_argument("--pr-runs", type=int, default=None, help="phase retrieval: best of R runs (paper: 5)")
+    sp.add_argument("--nfe-sweep", default=None, help="comma-separated NFE budgets (default: the preset's)")
+    sp.add_argument("--sweep-task", default=None, help="task of the noise and NFE studies (default: the preset's)")
+    sp.add_argument("--noise-sweep-solvers", default=None, help="comma-separated solvers of the noise study (default: the preset's)")
+    sp.add_argument("--nfe-sweep-solvers", default=None, help="comma-separated solvers of the NFE study (default: the preset's)")
+    sp.add_argument("--pr-runs", type=int, default=None, help="phase retrieval: best of R runs (paper: 5; default: the preset's)")
     sp.add_argument("--set", action="append", metavar="SOLVER.KEY=V", help="override a solver keyword, repeatable "
-                    "(e.g. --set ddiff.gamma0=5 --set daps.mcmc_steps=50)")
-    sp.add_argument("--nonlinear-blur-weights", default=None, help="bkse GOPRO_wVAE.pth (else nonlinear blur is skipped)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--device", default="cpu")
-    sp.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+                    "(e.g. --set ddiff.gamma0=5 --set daps.mcmc_steps=50; default: none)")
+    sp.add_argument("--nonlinear-blur-weights", default=None, help="bkse GOPRO_wVAE.pth (default: none, and nonlinear blur is skipped)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed of images, noise and solvers")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    sp.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="network precision")
     sp.add_argument("--overwrite", action="store_true", help="discard finished cells of another configuration in OUT")
     sp.set_defaults(fn=cmd_bench)
     return ap
