@@ -71,6 +71,7 @@ def _run(d, name, noise):
     return res, out, torch.from_numpy(out.intensity.to_model(out.recon()[:]))
 
 
+# slow (286 s at load ~8): the camera-counts flow against Richardson-Lucy at its best iteration count
 @pytest.mark.slow
 def test_camera_counts_beat_richardson_lucy_and_fit_the_counts(camera_stack):
     d, x, A, u = camera_stack
