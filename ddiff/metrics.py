@@ -21,7 +21,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "ssim", "lpips", "chi2_reduced", "residual_gap", "to_unit"]
+__all__ = ["psnr", "ssim", "lpips", "lpips_missing", "chi2_reduced", "residual_gap", "to_unit"]
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +90,15 @@ def _alexnet_weights_present() -> bool:
     return os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", ALEXNET_FILE))
 
 
+def lpips_missing() -> str | None:
+    """``None`` when LPIPS can be computed here, else one sentence: why not and where the weights go."""
+    if _alexnet_weights_present():
+        return None
+    where = os.path.join(torch.hub.get_dir(), "checkpoints", ALEXNET_FILE)
+    return (f"LPIPS not computed: the AlexNet weights are not at {where} (nothing is downloaded); copy "
+            f"torchvision's {ALEXNET_FILE} there (or set TORCH_HOME) to get the LPIPS column")
+
+
 def lpips(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """LPIPS (AlexNet, the ``lpips`` package) per sample ``(B,)``; lower is better.
 
@@ -105,9 +114,7 @@ def lpips(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         if not _alexnet_weights_present():
             if not _LPIPS_WARNED:
                 warnings.warn(
-                    "LPIPS unavailable: AlexNet weights not found at "
-                    f"{os.path.join(torch.hub.get_dir(), 'checkpoints', ALEXNET_FILE)}; reporting NaN. "
-                    "Copy the torchvision AlexNet checkpoint there to enable LPIPS.",
+                    f"{lpips_missing()}; reporting NaN",
                     RuntimeWarning,
                     stacklevel=2,
                 )

@@ -181,6 +181,8 @@ def cmd_bench(a) -> int:
     con.print(Markdown(Path(r["files"]["table1.md"]).read_text()))
     for t, why in r["skipped"].items():
         con.print(f"skipped {t}: {why}")
+    for note in r.get("notes", []):
+        con.print(f"[yellow]{note}[/yellow]")
     con.print(f"report: {r['files']['report.md']} ({r['ran']} of {r['cells']} cells run now)")
     return 0
 

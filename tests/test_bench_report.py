@@ -104,7 +104,10 @@ def test_table1_bold_absent_and_na():
     assert [r[1] for r in rows[:i]] == ["DDiff", "DPS", "TV"]
     assert "n/a" not in md
     nan_md = br.table1_markdown(br.summarize(make_df(lpips_nan=True)), 0.05, 50)
-    assert all(r[4] == "n/a" for r in table_rows(nan_md))
+    # no LPIPS (no AlexNet weights): no NaN column; the caption says so and where the weights go
+    assert "LPIPS" not in nan_md.splitlines()[2] and "n/a" not in nan_md
+    assert "LPIPS not computed" in nan_md.splitlines()[0] and br.lpips_note() in nan_md
+    assert [len(r) for r in table_rows(nan_md)] == [len(r) - 1 for r in rows]
     # table 2 uses the same renderer; here only DDiff of its solvers exists
     t2 = br.table2_markdown(s, 0.05, 50)
     assert [r[1] for r in table_rows(t2)] == ["DDiff", "DDiff"]

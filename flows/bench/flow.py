@@ -228,10 +228,14 @@ def benchmark(params: BenchmarkParams, artifacts: bool = True, command: str | No
                                            images=_qualitative(store, r, cells),
                                            header=header, comparison=claims)
     files["config.json"] = str(Path(r["out"]) / "config.json")
+    lpips = df["lpips"].to_numpy(float) if "lpips" in df else []
+    notes = [] if any(v == v for v in lpips) else [bench_report.lpips_note()]  # all NaN: say why, and the fix
+    for note in notes:
+        logger.warning(note)
     if artifacts:
         create_markdown_artifact((Path(files["table1.md"]).read_text()), key=artifact_key("bench-table1", r["out"]),
                                  description="Table 1 (paper layout)")
-    return {"out": r["out"], "files": files, "cells": len(cells), "ran": len(todo), "skipped": skipped}
+    return {"out": r["out"], "files": files, "cells": len(cells), "ran": len(todo), "skipped": skipped, "notes": notes}
 
 
 def _prior_sha256(prior: str) -> str:

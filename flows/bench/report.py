@@ -141,11 +141,14 @@ def table1_markdown(summary: pd.DataFrame, sigma_y: float, nfe_budget: int,
     sel = sel[sel["solver"].isin(solvers)]
     if sel.empty:
         return f"σ_y = {sigma_y:g}, NFE budget {nfe_budget}: no results\n"
-    header = ["Task", "Method"] + [c[1] for c in TABLE_COLUMNS] + ["NFE", "s/image"]
+    columns, note = TABLE_COLUMNS, ""
+    if not np.isfinite(sel["lpips_mean"].to_numpy(float)).any():  # no NaN column: say why, and the fix
+        columns, note = tuple(c for c in TABLE_COLUMNS if c[0] != "lpips"), lpips_note()
+    header = ["Task", "Method"] + [c[1] for c in columns] + ["NFE", "s/image"]
     rows = []
     for task, block in sel.groupby("task", sort=False):
         best = {}
-        for m, _, _, score in TABLE_COLUMNS:
+        for m, _, _, score in columns:
             s = score(block[f"{m}_mean"].to_numpy(float))
             best[m] = np.nanmax(s) if np.isfinite(s).any() else np.nan
         first = True
@@ -155,14 +158,21 @@ def table1_markdown(summary: pd.DataFrame, sigma_y: float, nfe_budget: int,
                 continue
             r = hit.iloc[0]
             row = [task_label(task) if first else "", SOLVER_LABELS.get(solver, solver)]
-            for m, _, dec, score in TABLE_COLUMNS:
+            for m, _, dec, score in columns:
                 cell = _pm(r[f"{m}_mean"], r[f"{m}_ci95"], dec)
                 bold = len(block) > 1 and score(r[f"{m}_mean"]) == best[m]
                 row.append(f"**{cell}**" if bold else cell)
             # one batch is timed per cell, so seconds per image carry no spread over images
             rows.append(row + [_nfe(r, runs=True), _pm(r["seconds_mean"], np.nan, 2)])
             first = False
-    return _caption(sel, sigma_y, nfe_budget) + "\n\n" + markdown_table(header, rows)
+    return _caption(sel, sigma_y, nfe_budget) + (f". {note}" if note else "") + "\n\n" + markdown_table(header, rows)
+
+
+def lpips_note() -> str:
+    """Why a table has no LPIPS column: this machine's missing AlexNet weights, or the results' own NaNs."""
+    from ddiff.metrics import lpips_missing
+
+    return lpips_missing() or "LPIPS not computed (the AlexNet weights were absent when these results ran)"
 
 
 def table2_markdown(summary: pd.DataFrame, sigma_y: float, nfe_budget: int) -> str:
