@@ -181,18 +181,17 @@ class ResBlock(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if self.up or self.down:
-            h = self.in_layers[1](self.in_layers[0](x))
-            h = self.in_layers[2](self._resample(h))
-            x = self._resample(x)
-        else:
-            h = self.in_layers(x)
-        emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
-        scale, shift = emb_out.chunk(2, dim=1)
-        h = self.out_layers[0](h) * (1 + scale) + shift
-        for layer in self.out_layers[1:]:
-            h = layer(h)
-        return self.skip_connection(x) + h
+        # without autograd the activations are applied in place (one buffer less per layer; with
+        # autograd -- training, DPS -- out-of-place, as autograd needs the inputs of SiLU)
+        inplace = not torch.is_grad_enabled()
+        h = F.silu(self.in_layers[0](x), inplace=inplace)  # SiLU(GN(x))
+        if self.up or self.down:  # resampling after GroupNorm+SiLU, on h and on the skip input
+            h, x = self._resample(h), self._resample(x)
+        h = self.in_layers[2](h)
+        scale, shift = self.emb_layers(emb).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
+        h = torch.addcmul(shift, self.out_layers[0](h), 1 + scale)  # GN(h)·(1 + scale) + shift, one pass
+        h = self.out_layers[3](self.out_layers[2](F.silu(h, inplace=inplace)))
+        return h.add_(self.skip_connection(x)) if inplace else self.skip_connection(x) + h
 
 
 class AttentionBlock(nn.Module):
@@ -212,17 +211,18 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         b, c, *spatial = x.shape
+        cl = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))
         bs, width, length = qkv.shape
         ch = width // (3 * self.num_heads)
         # legacy order: per head [q_h | k_h | v_h], not all-q / all-k / all-v
-        q, k, v = qkv.reshape(bs * self.num_heads, ch * 3, length).split(ch, dim=1)
-        scale = 1 / math.sqrt(math.sqrt(ch))
-        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
-        weight = torch.softmax(weight.float(), dim=-1).to(weight.dtype)
-        a = torch.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
-        return (x + self.proj_out(a)).reshape(b, c, *spatial)
+        q, k, v = qkv.reshape(bs * self.num_heads, ch * 3, length).transpose(1, 2).split(ch, dim=2)
+        # softmax(q·k / √ch) v -- ADM scales q and k by ch^(-1/4) each, the same product; the fused
+        # kernel accumulates in float32 for half inputs (ADM's softmax in float32)
+        a = F.scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(ch))  # (B·heads, T, ch)
+        out = (x + self.proj_out(a.transpose(1, 2).reshape(bs, -1, length))).reshape(b, c, *spatial)
+        return out.contiguous(memory_format=torch.channels_last) if cl else out  # keep the caller's layout
 
 
 class EmbedSequential(nn.Sequential):
@@ -248,6 +248,8 @@ class ADMUNet(nn.Module):
         elif kwargs:
             raise ValueError("pass either an ADMConfig or keyword arguments, not both")
         self.config = cfg = config
+        #: run the activations in channels-last memory order (see benchmarks/network_cpu.py for when it pays)
+        self.channels_last = False
         mc, g = cfg.model_channels, cfg.norm_groups
         emb_ch = 4 * mc
         heads_up = cfg.num_heads if cfg.num_heads_upsample == -1 else cfg.num_heads_upsample
@@ -335,6 +337,8 @@ class ADMUNet(nn.Module):
         dtype = self.time_embed[0].weight.dtype
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
         h = x.to(dtype)
+        if self.channels_last:  # activations in (B, H, W, C) memory order: oneDNN's convolutions skip a reorder
+            h = h.contiguous(memory_format=torch.channels_last)
         skips = []
         for block in self.input_blocks:
             h = block(h, emb)
@@ -342,7 +346,7 @@ class ADMUNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h).to(x.dtype)
+        return self.out(h).to(x.dtype).contiguous()
 
 
 class ADMPrior(Prior):

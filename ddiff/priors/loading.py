@@ -293,6 +293,9 @@ def load_prior(name_or_path="default", preset=None, dtype="fp32", device="cpu",
     check_state_dict(net, sd, arch=f"ADMUNet({'preset ' + preset if isinstance(preset, str) else 'config'})")
     net.load_state_dict(sd, strict=True, assign=True)
     net = net.to(device=device, dtype=dt).eval().requires_grad_(False)
+    if torch.device(device).type == "cpu":  # channels-last on CPU: faster oneDNN convolutions (benchmarks/network_cpu.py)
+        net = net.to(memory_format=torch.channels_last)
+        net.channels_last = True
     prior = ADMPrior(net, schedule=schedule, name=name)
     prior.config = config
     return prior.eval()
