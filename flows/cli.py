@@ -383,6 +383,9 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry attempts
+    # before the parser is built: building it may import prefect (ddiff calibrate's options), after which
+    # the console handler's level can no longer be set — and a failing flow would print its logs
+    _quiet_prefect("--verbose" in (sys.argv[1:] if argv is None else argv))
     ap = build_parser()
     a = ap.parse_args(argv)
     if not getattr(a, "fn", None):

@@ -35,8 +35,10 @@ def test_seed_spread_marks_the_inpainting_hole_prior_filled(seeded):
     out, res, hole = seeded
     assert 150 < hole.sum() < 250
     lab = zarr.open_group(out.path, mode="r")["labels"]
-    assert lab.attrs["ome"]["labels"] == ["audit_flags", "prior_filled"]
+    # prior_only: the audit windows inside the hole, which hold no measurement to test (issue 27)
+    assert lab.attrs["ome"]["labels"] == ["audit_flags", "prior_only", "prior_filled"]
     for t in range(out.n_frames):
+        assert not lab["prior_only/0"][t].astype(bool)[~hole].any()
         u = storage.read_uncertainty(out, t)
         assert np.isfinite(u["spread"]).all() and np.isfinite(u["measured_spread"]).all()
         pf = lab["prior_filled/0"][t].astype(bool)
@@ -60,13 +62,13 @@ def test_uncertainty_and_label_open_in_the_usual_clients(seeded):
     assert ds.y.attrs["units"] == out.geometry[1]["y"] and float(ds.x[1] - ds.x[0]) == out.geometry[0]["x"]
     models = pytest.importorskip("ome_zarr_models.v05.image")
     img = models.Image.from_zarr(zarr.open_group(out.path, mode="r"))  # the root still validates, labels listed
-    assert img.labels.label_paths == ["audit_flags", "prior_filled"]
+    assert img.labels.label_paths == ["audit_flags", "prior_only", "prior_filled"]
     ome_reader = pytest.importorskip("ome_zarr.reader")
     from ome_zarr.io import parse_url
 
     nodes = list(ome_reader.Reader(parse_url(str(out.path)))())
     labels = {n.zarr.path.rsplit("/", 1)[-1]: n for n in nodes if any(isinstance(s, ome_reader.Label) for s in n.specs)}
-    assert sorted(labels) == ["audit_flags", "prior_filled"]
+    assert sorted(labels) == ["audit_flags", "prior_filled", "prior_only"]
     assert np.array_equal(np.asarray(labels["prior_filled"].data[0]), zarr.open_group(out.path, mode="r")["labels/prior_filled/0"][:])
     unc = list(ome_reader.Reader(parse_url(str(out.path / "uncertainty")))())[0]
     assert np.array_equal(np.asarray(unc.data[0]), ds.spread.values, equal_nan=True)
@@ -83,7 +85,7 @@ def test_napari_ome_zarr_shows_both_labels_over_the_image(seeded):
     out = seeded[0]
     napari_ome_zarr = pytest.importorskip("napari_ome_zarr")
     layers = napari_ome_zarr.napari_get_reader(str(out.path))(str(out.path))
-    assert [kind for _, _, kind in layers] == ["image", "labels", "labels"]
+    assert [kind for _, _, kind in layers] == ["image", "labels", "labels", "labels"]  # audit_flags, prior_only, prior_filled
 
 
 # ---- whole frames (a global operator): MRI k-space, where no pixel has a measurement of its own ----
