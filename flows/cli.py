@@ -98,13 +98,16 @@ def cmd_reconstruct(a) -> int:
     from .api_server import api_watchdog
     from .run_report import kept_and_resume, prior_only_text
 
-    with command_server(), api_watchdog(lambda: kept_and_resume(p)), _LedgerProgress(p.output_store, "tiles solved",
+    import storage
+
+    unit = "frames" if storage.measurement_of(p.input_store) is not None else "tiles"  # measurements: whole frames
+    with command_server(), api_watchdog(lambda: kept_and_resume(p)), _LedgerProgress(p.output_store, f"{unit} solved",
                                                                          not a.no_progress):
         r = reconstruct_stack(p)
     from .run_report import noise_text
 
     _console().print(f"noise: {noise_text({k: r.get(k) for k in ('noise', 'noise_estimate', 'noise_units')})}")
-    _console().print(f"[green]done[/green] {r['output']}: {r['solved']} tiles solved, {r['skipped']} resumed, "
+    _console().print(f"[green]done[/green] {r['output']}: {r['solved']} {r.get('unit', 'tiles')} solved, {r['skipped']} resumed, "
                      f"{r['wall_seconds']:.1f}s (solver {r['solver_seconds']:.1f}s)")
     if r.get("frames_prior_only") or r.get("tiles_prior_only"):
         _console().print(prior_only_text(r))

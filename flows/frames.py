@@ -266,7 +266,8 @@ def reconstruct_frames(p: ReconstructParams, state: dict) -> dict:
         storage.finalize(out, run_id=lock.run_id)
     finally:
         lock.release()
-    result = {"output": abspath(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
+    result = {"output": abspath(out.path), "n_frames": out.n_frames, "n_tiles": total, "unit": "frames",
+              "solved": stage["solved"],
               "skipped": already, "wall_seconds": time.perf_counter() - t0, "solver_seconds": stage["solver_seconds"],
               "nfe": stage["nfe"], "complete": True, "worker_pids": stage["pids"],
               "worker_threads": [out.manifest["config"].get("torch_threads")], "noise": out.manifest["config"]["noise"],

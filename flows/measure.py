@@ -239,6 +239,7 @@ def measurement_record(p) -> tuple[dict, dict, np.ndarray]:
         N = int(p.image_size or w)
         params = {"angles": angles, "n_detectors": int(w)}
         image_shape, units = [N, N], {"angles": "degree", "detector_pixel": "image pixel"}
+        axes = {"y": {"name": "angle", "unit": "degree", "values": angles}, "x": {"name": "detector", "unit": "bin"}}
     elif domain == "kspace":
         if not np.iscomplexobj(sample):
             raise ValueError(f"{p.source}: k-space must be complex, but it holds real {sample.dtype} values; store the "
@@ -250,6 +251,7 @@ def measurement_record(p) -> tuple[dict, dict, np.ndarray]:
         extra["sampling_mask"] = mask
         params = {"lines": np.flatnonzero(mask.any(1)).tolist(), "image_size": [int(h), int(w)]}
         image_shape, units = [int(h), int(w)], {"convention": "centred orthonormal DFT, DC at (H//2, W//2)"}
+        axes = {"y": {"name": "ky", "unit": "k-space row"}, "x": {"name": "kx", "unit": "k-space column"}}
     elif domain == "fourier_magnitude":
         if np.iscomplexobj(sample) or (sample < 0).any():
             raise ValueError("Fourier magnitudes must be real and >= 0")
@@ -260,8 +262,9 @@ def measurement_record(p) -> tuple[dict, dict, np.ndarray]:
                              "square image; give --oversample (and --image-size) of the acquisition")
         params = {"oversample": float(p.oversample), "unit_range": True}
         image_shape = [N, N]
+        axes = {"y": {"name": "fy", "unit": "frequency row"}, "x": {"name": "fx", "unit": "frequency column"}}
     else:
         raise ValueError(f"domain={domain!r}; use one of image, {', '.join(DOMAINS)}")
     meas = {"domain": domain, "operator": {"name": DOMAINS[domain], "params": params}, "image_shape": image_shape,
-            "units": units}
+            "units": units, "axes": axes}
     return meas, extra, sample

@@ -240,7 +240,8 @@ def _reconstruct(p: ReconstructParams, state: dict) -> dict:
         lock.release(quiet=True)  # the run's own error is what the user must see
         raise
     lock.release()
-    result = {"output": abspath(out.path), "n_frames": out.n_frames, "n_tiles": total, "solved": stage["solved"],
+    result = {"output": abspath(out.path), "n_frames": out.n_frames, "n_tiles": total, "unit": "tiles",
+              "solved": stage["solved"],
               "skipped": already, "wall_seconds": time.perf_counter() - t0,
               "solver_seconds": stage["solver_seconds"], "nfe": stage["nfe"], "complete": True,
               "worker_pids": stage["pids"], "worker_threads": stage["threads"], "noise": out.manifest["config"]["noise"],

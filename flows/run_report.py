@@ -248,7 +248,7 @@ def publish_verdict(output_store, rec: dict, aud: dict, states: dict, alpha: flo
         [f"{len(none)} of {n} frames have {PRIOR_ONLY}"] if none else [])
     verdict = "OK: no frame contradicts its measurements" if not flagged else "LOOK: " + "; ".join(parts)
     lines = [f"# {verdict}", "", f"- output: `{abspath(output_store)}`",
-             f"- reconstruction: complete, {n} frames, {rec['solved']} tiles solved now, {rec['skipped']} reused; "
+             f"- reconstruction: complete, {n} frames, {rec['solved']} {rec.get('unit', 'tiles')} solved now, {rec['skipped']} reused; "
              f"wall {rec['wall_seconds']:.1f}s (solver {rec['solver_seconds']:.1f}s)",
              f"- audit (α = {alpha:g} per frame): frames flagged {flagged or 'none'}; tiles touching a flagged window: "
              f"{len(aud['tiles_flagged'])}; frame χ²_ν median {np.median(chi):.4f}, range {chi.min():.4f} – {chi.max():.4f}",
@@ -362,9 +362,11 @@ def summary_markdown(p: ReconstructParams, out: storage.OutputStore, result: dic
              f"- operator: `{p.operator.name}` {p.operator.params or ''}; noise: {noise_text(out.manifest['config'])}",
              f"- prior: `{p.prior}`; solver: `{p.solver.name}` {out.manifest['config']['hyperparameters']}",
              f"- {settings_text(out.manifest['config'])}",
-             f"- tiles: {out.plan.n_tiles}/frame × {out.n_frames} frames (tile {list(out.plan.tile)}, overlap "
-             f"{out.plan.overlap}, halo {out.plan.halo}); batch {p.execution.batch_size}; device `{p.execution.device}`",
-             f"- this run: {result['solved']} tiles solved, {result['skipped']} already done (resume); "
+             (f"- whole frames: {out.n_frames} (measurements are solved frame by frame, not tiled)"
+              if result.get("unit") == "frames" else
+              f"- tiles: {out.plan.n_tiles}/frame × {out.n_frames} frames (tile {list(out.plan.tile)}, overlap "
+              f"{out.plan.overlap}, halo {out.plan.halo})") + f"; batch {p.execution.batch_size}; device `{p.execution.device}`",
+             f"- this run: {result['solved']} {result.get('unit', 'tiles')} solved, {result['skipped']} already done (resume); "
              f"wall {result['wall_seconds']:.1f}s, solver {result['solver_seconds']:.1f}s", "",
              *_volume_lines(out.manifest["config"]),
              "| frame | χ²_ν (frame) | expected | p (misfit) | tile χ²_ν mean | tile χ²_ν max | solver s |",

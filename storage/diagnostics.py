@@ -52,8 +52,11 @@ def frame_coords(layout: Layout, scale: dict, units: dict) -> dict:
     return coords
 
 
-def create_diagnostics(root: Path, layout: Layout, plan: TilePlan, scale: dict, units: dict, attrs: dict) -> None:
-    """Write the template of ``diagnostics/`` (metadata only; dask-backed variables are not computed)."""
+def create_diagnostics(root: Path, layout: Layout, plan: TilePlan, scale: dict, units: dict, attrs: dict,
+                       measurement: dict | None = None) -> None:
+    """Write the template of ``diagnostics/`` (metadata only; dask-backed variables are not computed).
+    ``measurement``: a measurement store's record — its rows and columns (angle × detector bin, k-space
+    rows × columns) are named on the ``y``/``x`` coordinates and the residual, in their own units."""
     import dask.array as da
     import xarray as xr
 
@@ -66,9 +69,12 @@ def create_diagnostics(root: Path, layout: Layout, plan: TilePlan, scale: dict, 
     for name, dt in DIAG_SCALARS.items():
         fill = NFE_FILL if dt == "int64" else np.nan
         data_vars[name] = (("frame", "tile"), da.full((N, n), fill, dtype=dt, chunks=(1, 1)))
+    axes = (measurement or {}).get("axes") or {}
+    named = {"axes": f"y = {axes['y']['name']} ({axes['y']['unit']}), x = {axes['x']['name']} ({axes['x']['unit']})"
+             } if axes else {}  # a measurement's rows and columns
     data_vars["residual"] = (("frame", "c", "y", "x"),
                              da.full((N, C, H, W), np.nan, dtype=np.float32, chunks=(1, C, ty, tx)),
-                             {"units": "data units of the input (ADU): y - A x"})
+                             {"units": "data units of the input (ADU): y - A x", **named})
     data_vars["core_box"] = (("tile", "box"), np.array([t.core for t in plan], dtype=np.int64))
     data_vars["blend_box"] = (("tile", "box"), np.array([t.blend for t in plan], dtype=np.int64))
     cores = np.array([t.core for t in plan], dtype=np.float64).reshape(-1, 4)
@@ -82,6 +88,12 @@ def create_diagnostics(root: Path, layout: Layout, plan: TilePlan, scale: dict, 
         "tile_y": ("tile", (cores[:, 0] + cores[:, 1] - 1) / 2 * dy, {"units": su, "long_name": "core centre y"}),
         "tile_x": ("tile", (cores[:, 2] + cores[:, 3] - 1) / 2 * dx, {"units": su, "long_name": "core centre x"}),
     }
+    for a, n in (("y", H), ("x", W)):  # a measurement's own axes: angle in degrees, detector bins, k-space rows
+        if a in axes:
+            d = axes[a]
+            values = np.asarray(d["values"], np.float64) if len(d.get("values") or []) == n else np.arange(n, dtype=np.float64)
+            coords[a] = (a, values, {"units": d["unit"], "long_name": f"{d['name']} ({d['unit']})"})
+            coords[d["name"]] = (a, values, {"units": d["unit"]})
     ds = xr.Dataset(data_vars, coords=coords, attrs={**attrs, "axes": layout.axes,
                                                      "box_order": "y0,y1,x0,x1 (half-open, input pixels)"})
     ds.to_zarr(LocalStore(root), group=GROUP, mode="w-", compute=False, consolidated=False, zarr_format=3,

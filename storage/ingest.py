@@ -176,6 +176,8 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
             rules.check_some_valid(source)  # an all-masked / all-saturated stack: the cause, not "no percentiles"
             imap = _intensity_map(intensity, percentiles, w.sampler, dtype)
             scale, units = geometry.resolved(layout.axes)
+            if measurement is not None and measurement.get("axes"):  # angle × detector, k-space rows × columns:
+                scale, units = measurement_geometry(measurement, scale, units, geometry.source)  # not µm pixels
             meta = {
                 "kind": INPUT_KIND,
                 "version": package_version(),
@@ -185,7 +187,8 @@ def ingest(source, store, *, dataset: str | None = None, axes: str | None = None
                            "sha256": reader.checksum() if checksum else None, "shape": list(reader.shape),
                            "axes": layout.axes, "sizes": dict(zip(layout.axes, layout.shape))},
                 "axes": layout.axes,
-                "geometry": {"scale": scale, "units": units, "source": geometry.source},
+                "geometry": {"scale": scale, "units": units, "source": geometry.source,
+                             **({"axes": measurement_axes(measurement)} if measurement is not None else {})},
                 "dtype": dtype.str,
                 "data_sha256": w.hash.hexdigest(),
                 "intensity": imap.to_dict(),
@@ -332,3 +335,21 @@ def check_ingest(source, store, *, dataset: str | None = None, axes: str | None 
         ValidityRules(reader.layout.frames_shape, dtype, saturation=saturation, mask=mask, bad_pixels=bad_pixels)
     finally:
         reader.close()
+
+
+def measurement_axes(measurement: dict) -> dict:
+    """``{"y"|"x": {"name", "unit"}}`` of a measurement store's frame axes (without per-row values)."""
+    return {a: {k: v for k, v in d.items() if k != "values"} for a, d in (measurement.get("axes") or {}).items()}
+
+
+def measurement_geometry(measurement: dict, scale: dict, units: dict, source: str) -> tuple[dict, dict]:
+    """A measurement store's ``(scale, units)``: its frame rows and columns are measurement axes (angle,
+    detector bin, k-space row/column), not micrometres — step 1 and no OME space unit, unless the user
+    gave a pixel size (then it is the detector bin's width, kept on x)."""
+    scale, units = dict(scale), dict(units)
+    user = "user" in source
+    for a in "yx":
+        if a == "y" or not user:
+            scale[a] = 1.0
+            units.pop(a, None)
+    return scale, units

@@ -251,7 +251,7 @@ def _build_output(tmp: Path, stack: Stack, plan: TilePlan, scale: int, manifest:
                            (sy, sx) if tiled else None, _compressors("blosc-zstd", f32),
                            levels=levels if is_bounded(manifest) else 0)
     cfg = manifest["config"]
-    create_diagnostics(tmp, stack.layout, plan, stack.scale, stack.units, attrs={
+    create_diagnostics(tmp, stack.layout, plan, stack.scale, stack.units, measurement=stack.meta.get("measurement"), attrs={
         "solver": str(cfg.get("solver", "")), "prior": str(cfg.get("prior", "")),
         "prior_sha256": manifest["prior_sha256"] or "", "config_hash": manifest["config_hash"],
         "residual_units": manifest.get("residual_units", "model space [-1,1] units of the measurement (y - A x), input "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import zarr
 
 import flows
 import operators
@@ -64,8 +65,16 @@ def test_ct_sinogram_stack_cli_beats_fbp_resumes_and_audits(prefect_harness, tmp
                  str(tmp_path / "angles.txt"), "--no-progress"]) == 0
     meas = storage.measurement_of(store)
     assert meas["operator"]["params"]["angles"] == pytest.approx(list(A.theta_deg.numpy())) and meas["image_shape"] == [32, 32]
+    # a sinogram's rows and columns are angle × detector bin, not micrometre pixels (issue 28)
+    st = storage.open_stack(store)
+    assert st.meta["geometry"]["axes"] == {"y": {"name": "angle", "unit": "degree"}, "x": {"name": "detector", "unit": "bin"}}
+    assert "y" not in st.units and "x" not in st.units and st.scale["y"] == st.scale["x"] == 1.0
+    ome_axes = {d["name"]: d for d in zarr.open_group(store, mode="r").attrs["ome"]["multiscales"][0]["axes"]}
+    assert "unit" not in ome_axes["y"] and "unit" not in ome_axes["x"]
+    capsys.readouterr()
     common = ["--sigma", str(sigma), "--steps", str(STEPS), "--batch-size", "1", "--threads", "2", "--no-progress"]
     assert main(["reconstruct", str(store), str(tmp_path / "full.zarr"), *common]) == 0
+    assert "2 frames solved" in " ".join(capsys.readouterr().out.split())  # whole frames, not "tiles"
     x = _recon(tmp_path / "full.zarr")
     fbp = classical_reconstruction("sinogram", sino, meas)
     gain = _psnr(x, truth) - _psnr(fbp, truth)
@@ -76,6 +85,8 @@ def test_ct_sinogram_stack_cli_beats_fbp_resumes_and_audits(prefect_harness, tmp
     chi = np.asarray(ds["chi2_nu"].values)
     assert chi.shape == (2, 1) and np.all(np.abs(chi - 1) < 0.15), chi
     r = np.asarray(ds["residual"].values)  # residual sinogram in the sinogram's units
+    assert ds["angle"].values == pytest.approx(A.theta_deg.numpy()) and ds["y"].attrs["units"] == "degree"
+    assert ds["x"].attrs["units"] == "bin" and ds["residual"].attrs["axes"] == "y = angle (degree), x = detector (bin)"
     assert r.shape == (2, 1, 16, 32) and abs(np.std(r) / sigma - 1) < 0.15
     # resume: interrupted after one frame, rerun -> the very same bytes
     p = flows.ReconstructParams(input_store=str(store), output_store=str(tmp_path / "resumed.zarr"),
