@@ -114,7 +114,8 @@ class VolumeProblem:
     weight: float
 
     def constrained_map(self, tau: float = 1.0, per_plane: bool = False) -> torch.Tensor:
-        """``argmin ½ xᵀPx`` s.t. ``‖y − A x‖² ≤ τ m σ²`` — the MAP the coupled solver targets:
+        """``argmin ½ xᵀPx`` s.t. ``‖y − A x‖²_obs ≤ τ m σ²`` over the ``m`` observed entries (the
+        non-zero rows of ``A``, as the solvers count them) — the MAP the coupled solver targets:
         ``x(α) = (P + AᵀWA/σ²)⁻¹ AᵀWy/σ²`` with the constraint's multiplier α found by bisection on
         ``log α`` (the residual decreases in α). ``per_plane``: one constraint per plane,
         ``‖y_k − A x_k‖² ≤ τ m_k σ²`` (what ``VolumeDDiff`` fits for a slice-wise operator), ``W`` the
@@ -124,8 +125,9 @@ class VolumeProblem:
         P, A, s2 = self.precision, self.matrix, self.noise.sigma**2
         yf = self.y.reshape(self.y.shape[0], -1)
         Z = self.x.shape[2] if per_plane else 1
-        mk = yf.shape[1] // Z
-        plane = torch.arange(yf.shape[1]) // mk  # the plane of every measurement (rows are plane-major)
+        plane = torch.arange(yf.shape[1]) // (yf.shape[1] // Z)  # the plane of every measurement (plane-major rows)
+        observed = A.abs().sum(1) > 0  # unobserved entries hold noise no image explains: not counted
+        mk = torch.bincount(plane[observed], minlength=Z).to(torch.float64)
         out = []
         for b in range(yf.shape[0]):
             def x_of(log_alpha):
@@ -139,8 +141,8 @@ class VolumeProblem:
                     lo, hi = -10.0, 20.0
                     for _ in range(100):
                         log_a[k] = (lo + hi) / 2
-                        r = (yf[b] - A @ x_of(log_a))[plane == k]
-                        lo, hi = (float(log_a[k]), hi) if (r ** 2).sum() > tau * mk * s2 else (lo, float(log_a[k]))
+                        r = (yf[b] - A @ x_of(log_a))[(plane == k) & observed]
+                        lo, hi = (float(log_a[k]), hi) if (r ** 2).sum() > tau * mk[k] * s2 else (lo, float(log_a[k]))
                     log_a[k] = hi
                 if float((log_a - before).abs().max()) < 1e-9:
                     break

@@ -132,6 +132,10 @@ class BatchOperator(nn.Module):
     def adjoint(self, y):
         return torch.cat([o.adjoint(y[i:i + 1]) for i, o in enumerate(self.ops)])
 
+    def select(self, keep):
+        """The operator of the samples ``keep`` (a solver's early stop keeps each tile its own operator)."""
+        return BatchOperator([self.ops[int(i)] for i in keep])
+
     def _solve_regularized(self, y, z, rho):
         return torch.cat([o.solve_regularized(y[i:i + 1], z[i:i + 1], rho) for i, o in enumerate(self.ops)])
 

@@ -10,8 +10,10 @@ drop out of the likelihood, its gradient and the discrepancy. What still has to 
 reads it from the operator:
 
 * ``valid`` — bool, broadcastable to the measurement ``(B, C', h, w)``: solvers count the real
-  measurements ``m`` from it (``ddiff.solvers.data_fit.measurement_count``), so the discrepancy
-  target ``τ m`` counts observed entries only;
+  measurements ``m`` from it (``ddiff.solvers.observed``), so the discrepancy target ``τ m`` counts
+  observed entries only, and ignore what ``y`` holds at invalid entries (``Solver.solve`` applies
+  the same ``fill`` there: a raw frame with dead pixels still reading data gives the answer of
+  :meth:`Validity.apply`'d data);
 * ``mask`` — the audit's observed entries (``ddiff.audit.observed_mask``): ``valid`` combined with
   ``A.mask`` when ``A`` has one (inpainting).
 
@@ -63,6 +65,13 @@ class Validity(ForwardModel):
         if not self.linear:
             raise NotImplementedError("Validity: no adjoint (the operator is not linear, or fill != 0)")
         return self.operator.adjoint(y * self.valid.to(device=y.device, dtype=y.real.dtype))
+
+    def select(self, keep: torch.Tensor) -> "Validity":
+        """The operator for the samples ``keep`` of the batch (a solver that stops some samples early
+        keeps each remaining sample's own mask); a mask shared by the batch is kept as it is."""
+        inner = self.operator.select(keep) if hasattr(self.operator, "select") else self.operator
+        valid = self.valid[keep.to(self.valid.device)] if self.valid.ndim and self.valid.shape[0] > 1 else self.valid
+        return Validity(inner, valid, self.fill)
 
     def extra_repr(self) -> str:
         return f"valid={int(self.valid.sum())}/{self.valid.numel()}, fill={self.fill:g}, halo={self.halo}"

@@ -37,24 +37,6 @@ def test_projection_lands_exactly_on_the_discrepancy_level():
     assert torch.equal(p, x) and info["iters"] == 0
 
 
-def test_projection_on_a_mask_is_the_closed_form_projection():
-    """For a mask the nearest point with ‖y − M x‖² = τ m σ² moves the observed pixels towards y by
-    one fraction and leaves hidden pixels alone (y holds noise there too: it stays in the residual)."""
-    A = get_operator("inpainting_random", prob=0.7, seed=1, image_size=16)
-    noise = GaussianNoise(0.05)
-    g = torch.Generator().manual_seed(2)
-    y = noise.sample(A(torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)), g)
-    v = torch.randn(2, 1, 16, 16, generator=g, dtype=torch.float64)
-    p, info = project_to_discrepancy(A, noise, y, v, tau=1.0, max_iters=5)
-    r0 = y - A(v)
-    mask = A.adjoint(torch.ones_like(y))
-    eps = y[0].numel() * 0.05**2 - ((1 - mask) * r0).flatten(1).square().sum(1)  # left for observed pixels
-    frac = 1 - eps.sqrt() / (mask * r0).flatten(1).norm(dim=1)  # fraction of the way towards the data
-    expected = v + frac.view(-1, 1, 1, 1) * mask * (y - v)
-    assert info["iters"] == 1
-    assert torch.allclose(p, expected, atol=1e-10)
-
-
 def test_descent_path_reaches_the_level_for_photon_counts():
     g = torch.Generator().manual_seed(3)
     x = torch.rand(2, 1, 12, 12, generator=g, dtype=torch.float64) * 2 - 1
@@ -76,12 +58,20 @@ def lg(request):
 
 
 # Measured gaps to the Bayes limit (posterior-mean PSNR), solver seeds 1, 2, 3, 16×16 problems of
-# ddiff.problems (1 torch thread). auto = DDiff() at 100 steps; auto-K8 = SeedMean(DDiff(), 8);
-# paper = DDiff(**DDiff.paper(task)) at 1000 steps (inpainting_random / gaussian_blur values):
-#   mask: auto −2.78 −2.69 −2.91 · auto-K8 −1.09 −0.84 −0.76 · paper −5.21 −6.01 −5.83
-#   blur: auto −2.08 −2.00 −2.19 · auto-K8 −0.72 −0.57 −0.60 · paper −2.84 −2.91 −3.09
-GAPS = {"mask": {"auto": (-3.2, -2.3), "auto_k8": (-1.4, -0.4), "paper": (-6.5, -4.7)},
-        "blur": {"auto": (-2.5, -1.7), "auto_k8": (-1.0, -0.3), "paper": (-3.4, -2.5)}}
+# ddiff.problems (`OMP_NUM_THREADS=1 python benchmarks/ddiff_gaps.py`, numbers of
+# 2026-12-08 — the same loop on the previous data step gave auto −2.68 −2.80 −3.29 / −1.85 −2.03 −2.09,
+# auto-K8 −0.89 −0.99 −0.92 / −0.51 −0.62 −0.63 on this machine). auto = DDiff() at 100 steps;
+# auto-K8 = SeedMean(DDiff(), 8); paper = DDiff(**DDiff.paper(task)) at 1000 steps:
+#   mask: auto −2.72 −2.85 −3.32 · auto-K8 −0.90 −1.01 −0.95 · paper −5.00 −5.49 −5.68
+#   blur: auto −1.73 −1.93 −1.98 · auto-K8 −0.39 −0.51 −0.51 · paper −2.35 −2.51 −2.50
+GAPS = {"mask": {"auto": (-3.7, -2.3), "auto_k8": (-1.4, -0.5), "paper": (-6.2, -4.5)},
+        "blur": {"auto": (-2.4, -1.3), "auto_k8": (-0.9, -0.1), "paper": (-2.9, -2.0)}}
+
+
+def _chi2_observed(P, x):
+    """χ²_ν over the entries the operator observes (a mask's holes hold noise no image explains)."""
+    obs = torch.broadcast_to(P.operator.mask.bool(), P.y.shape) if hasattr(P.operator, "mask") else torch.ones_like(P.y, dtype=torch.bool)
+    return ((P.y - P.operator(x)) ** 2 * obs).flatten(1).sum(1) / (obs.flatten(1).sum(1) * 0.05**2)
 
 
 @pytest.fixture
@@ -106,10 +96,10 @@ def test_auto_and_paper_settings_hold_their_measured_gaps(lg, one_thread):
     assert lo < _psnr(k8.x, P.x) - ref < hi
     # the self-calibrated sample explains the data at the noise level (an exact posterior sample
     # has E χ²_ν = 1); the mean of K samples fits closer, like the posterior mean
-    chi = chi2_reduced(P.y, P.operator(auto.x), 0.05)
+    chi = _chi2_observed(P, auto.x)
     assert 0.9 < chi.mean().item() < 1.02 and chi.max().item() < 1.05
-    bayes_chi = chi2_reduced(P.y, P.operator(P.posterior.mean), 0.05).mean().item()
-    assert abs(chi2_reduced(P.y, P.operator(k8.x), 0.05).mean().item() - bayes_chi) < 0.1
+    bayes_chi = _chi2_observed(P, P.posterior.mean).mean().item()
+    assert abs(_chi2_observed(P, k8.x).mean().item() - bayes_chi) < 0.1
     task = {"mask": "inpainting_random", "blur": "gaussian_blur"}[op]
     paper = DDiff(P.prior, **DDiff.paper(task)).solve(P.y, P.operator, P.noise, generator=gen())
     lo, hi = GAPS[op]["paper"]
@@ -180,8 +170,10 @@ def test_cli_hp_words_choose_the_settings():
 @pytest.mark.parametrize("name", ["ct_parallel_beam", "mri_cartesian", "microscopy_widefield", "astro_psf"])
 def test_default_fits_the_data_for_every_domain_operator(name):
     """The self-calibrated default runs on the domain models (CT sinograms, complex k-space, PSFs)
-    and leaves each sample at the noise level (measured at 20 steps on this problem with the
-    defaults: χ²_ν 0.995–1.003)."""
+    and never leaves a sample above the noise level. With the exact projection (issue 26) some
+    samples end below it at 20 steps (measured χ²_ν: CT 1.000/1.000, MRI 0.876/0.982, widefield
+    0.913/1.000, astro 0.977/1.000; the stopped CGLS gave 0.995–1.003 here): the last prior estimate
+    already explains the data, so the projection is inactive — docs/calibration.md § The data step."""
     import operators
 
     P = linear_gaussian_problem("mask", size=16, draws=2)
@@ -192,7 +184,7 @@ def test_default_fits_the_data_for_every_domain_operator(name):
     r = DDiff(P.prior, steps=20).solve(y, A, noise, generator=torch.Generator().manual_seed(1), x_shape=tuple(x.shape))
     m = y[0].numel() * (2 if y.is_complex() else 1)
     chi = discrepancy(noise, y, A(r.x.to(x.dtype))) / m
-    assert torch.all((chi > 0.95) & (chi < 1.05)), chi
+    assert torch.all((chi > 0.85) & (chi < 1 + 1e-4)), chi
 
 
 def test_diffpir_refuses_noise_its_data_step_cannot_use():

@@ -40,19 +40,21 @@ def test_coupled_pnp_admm_converges_to_the_exact_map_of_the_gaussian_volume(gaus
     """With a Gaussian prior each block is an exact proximal map (the Tweedie denoiser of N(0, Σ) at
     level t is the prox at penalty 1/σ̄_t²), so the PnP variant is exact ADMM: it must land on the
     closed-form MAP of prior + λ/2‖D_z x‖² + the discrepancy constraints — one per plane, as the
-    operator is slice-wise (each plane's measurements fitted to their own level). τ = 1.2: this problem's
-    masked entries carry noise the image cannot explain (per-plane floors up to 1.07 m σ²), so at τ = 1
-    one plane's constraint would be infeasible."""
-    v, tau = gaussian_volume, 1.2
-    Am, yf = v.matrix, v.y.reshape(2, 5, -1)
-    floor = ((yf * (Am.abs().sum(1) == 0).view(5, -1)) ** 2).sum(-1) / (yf.shape[-1] * SIGMA**2)
-    assert float(floor.max()) < tau, floor  # every plane's constraint is feasible
+    operator is slice-wise (each plane's measurements fitted to their own level). The constraints count
+    the observed entries only (what the masked entries hold is noise no image explains), as the
+    solvers and the audit do, so τ = 1 is feasible on every plane."""
+    v, tau = gaussian_volume, 1.0
+    observed = (v.matrix.abs().sum(1) > 0).view(5, -1)
+
+    def plane_chi2(x):  # per-plane χ²_ν over the observed entries, (draws, planes)
+        r2 = ((v.y - v.operator(x)) ** 2).reshape(2, 5, -1)
+        return (r2 * observed).sum(-1) / (observed.sum(-1) * SIGMA**2)
+
     x_map = v.constrained_map(tau, per_plane=True)
     r = VolumeDiffPnPADMM(v.prior, steps=1000, coupling_weight=v.weight, tau=tau).solve(v.y, v.operator, v.noise)
     assert r.nfe == 1000
     assert float((r.x - x_map).norm() / x_map.norm()) < 3e-3
-    per_plane = chi2_reduced(to_slices(v.y), to_slices(v.operator(r.x)), SIGMA)
-    want = chi2_reduced(to_slices(v.y), to_slices(v.operator(x_map)), SIGMA)  # τ where active, below where not
+    per_plane, want = plane_chi2(r.x), plane_chi2(x_map)  # τ where active, below where not
     assert torch.allclose(per_plane, want, atol=1e-3) and float(per_plane.max()) < tau + 1e-5, (per_plane, want)
     # the one-constraint MAP is another point: the per-plane fit is what the solver converged to
     assert float((v.constrained_map(tau) - x_map).norm() / x_map.norm()) > 10 * 3e-3
@@ -73,8 +75,13 @@ def test_coupled_ddiff_beats_slice_by_slice_at_equal_nfe(gaussian_volume):
         rs = SliceBySlice(DDiff(v.prior, steps=100)).solve(v.y, v.operator, v.noise,
                                                               generator=torch.Generator().manual_seed(seed))
         assert rc.nfe == rs.nfe == 100
-        # the output is x + u of the last step (as DDiff's): near, not on, the discrepancy level
-        assert torch.allclose(chi2_reduced(v.y, v.operator(rc.x), SIGMA), torch.ones(2, dtype=torch.float64), atol=0.1)
+        # the output is the last projected x (DDiff's convention): no plane above the noise level over
+        # its observed entries; planes whose last prior estimate already fits stay below it (measured
+        # per-plane χ²_ν 0.72–1.00, mean 0.89, seed 3)
+        observed = (v.matrix.abs().sum(1) > 0).view(5, -1)
+        r2 = ((v.y - v.operator(rc.x)) ** 2).reshape(2, 5, -1)
+        chi = (r2 * observed).sum(-1) / (observed.sum(-1) * SIGMA**2)
+        assert float(chi.max()) < 1 + 1e-4 and float(chi.mean()) > 0.8, chi
         gains.append(_vpsnr(rc.x, v.x) - _vpsnr(rs.x, v.x))
     assert sum(gains) / 3 > 1.5, gains
     weights = rc.trace[-1]["coupling_weight"]

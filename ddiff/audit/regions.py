@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ddiff.metrics import chi2_reduced, residual_gap
+from ddiff.solvers.observed import observed_mask
 
 from .stats import CONTROLS, elementwise_stats, fwer_threshold, noise_kind, scaled_chi2_cdf, scaled_chi2_sf
 
@@ -22,31 +23,6 @@ __all__ = ["AuditResult", "audit", "observed_mask", "image_grid_factor", "to_ima
 # ----------------------------------------------------------------------------------------------
 # Geometry: observed entries, measurement grid ↔ image grid, windows
 # ----------------------------------------------------------------------------------------------
-def observed_mask(operator, x_like: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of ``y``'s shape: entries that carry information about the image.
-
-    Uses ``operator.mask`` when it broadcasts to ``y``; otherwise, for a linear operator, the rows
-    of ``A`` that are identically zero (``A z = 0`` for a Gaussian probe ``z``, which happens with
-    probability 0 for a non-zero row) are unobserved;
-    a nonlinear operator counts every entry.
-    """
-    mask = getattr(operator, "mask", None)
-    if isinstance(mask, torch.Tensor):
-        try:
-            return torch.broadcast_to(mask.to(y.device) != 0, y.shape).clone()
-        except RuntimeError:
-            pass
-    if getattr(operator, "linear", False):
-        g = torch.Generator(device="cpu").manual_seed(12345)
-        with torch.no_grad():
-            z = torch.randn(x_like.shape, generator=g, dtype=x_like.dtype).to(x_like.device)
-            obs = operator(z) != 0
-        if obs.shape != y.shape:
-            raise ValueError(f"audit: operator output {tuple(obs.shape)} does not match y {tuple(y.shape)}")
-        return obs
-    return torch.ones(y.shape, dtype=torch.bool, device=y.device)
-
-
 def image_grid_factor(image_hw: tuple[int, int], meas_hw: tuple[int, int]) -> tuple[str, int] | None:
     """How a measurement grid maps onto the image grid.
 

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..priors.base import NFECounter
+from .observed import observed_measurement
 
 __all__ = ["Result", "Solver", "likelihood_grad", "per_sample_norm", "rdot", "real_part", "randn", "infer_x_shape"]
 
@@ -124,10 +125,6 @@ class Solver:
     ) -> Result:
         if not isinstance(y, torch.Tensor):
             raise ValueError(f"y must be a torch.Tensor, got {type(y).__name__}")
-        if not torch.isfinite(y).all():
-            raise ValueError("y contains NaN or Inf values; mask or repair the measurement before solving")
-        if hasattr(noise, "validate"):
-            noise.validate(y)
         channels = getattr(self.prior, "channels", None)  # None: any channel count (no network)
         x_shape = tuple(x_shape) if x_shape is not None else infer_x_shape(y, operator, channels or y.shape[1])
         if len(x_shape) != self.image_ndim or x_shape[0] != y.shape[0]:
@@ -142,6 +139,14 @@ class Solver:
                 f"shape mismatch: y has shape {tuple(y.shape)} but A(x) has shape {tuple(Ax.shape)} "
                 f"for images of shape {x_shape}; pass the right operator or x_shape"
             )
+        # entries the operator does not observe (a mask's holes, Validity's invalid entries) carry no
+        # information: whatever the file holds there (noise, 0, NaN) is replaced by what A predicts
+        y = observed_measurement(operator, torch.zeros(x_shape, dtype=Ax.real.dtype, device=y.device), y)
+        if not torch.isfinite(y).all():
+            raise ValueError("y contains NaN or Inf values at measured entries; mask them (operators.Validity, "
+                             "--mask / --nonfinite mask) or repair the measurement before solving")
+        if hasattr(noise, "validate"):
+            noise.validate(y)
         net = NFECounter(self.prior)
         trace: list[dict] = []
 

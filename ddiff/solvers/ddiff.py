@@ -18,15 +18,27 @@ network forward plus one forward/backward of the operator.
 
 **Two x-updates.** ``x_update="gradient"`` is the paper's (2): a fixed-length step γ_t, tuned per
 task at 1000 steps and σ_y = 0.05 (``DDiff.paper(task)``). ``x_update="discrepancy"`` — the
-default, ``DDiff.auto()`` — has no step size: (2) becomes the projection of ``v`` onto the set of
-images that explain the data to the noise level, ``{x : D(y, A x) ≤ τ m}`` (Morozov's discrepancy
-principle, :mod:`.data_fit`), so the measurements and σ_y decide how far the data step moves, at
-any step budget. The projection is the exact proximal step of that set's indicator, so the ADMM
-penalty lives in the prior step alone: a Tweedie denoiser at level t is the proximal map of the
-prior with penalty ``ρ_t = 1/σ̄_t²`` (``σ̄_t² = (1 − ᾱ_t)/ᾱ_t``). ADMM with a changing penalty keeps
-the *unscaled* dual ``ρ u`` fixed (Boyd et al. 2011, §3.4.1), so (6) becomes
-``u ← (u + x − z)·σ̄²_{t−1}/σ̄²_t``; the dual vanishes at the last step and the output satisfies
-the discrepancy bound. Without that rescaling the dual accumulates every projection and diverges.
+default, ``DDiff.auto()`` — has no step size. Its box, as run:
+
+    z = x̂_0(x_t)                                               (1) prior: Tweedie denoise, 1 NFE
+    x = Π_C(z − u),  C = {x : D(y, A x) ≤ τ m}                    (2) data: exact projection (:mod:`.data_fit`)
+    x_{t−1} = √ᾱ_{t−1}(x + u) + √(1 − ᾱ_{t−1} − s_t²) ε̃ + s_t ξ      (3)–(5) as above
+    u ← (u + x − z) · σ̄²_{t−1}/σ̄²_t,   σ̄_t² = (1 − ᾱ_t)/ᾱ_t          (6) rescaled dual ascent (0 after t = 0)
+
+``Π_C`` is the Euclidean projection onto the images that explain the data to the noise level
+(Morozov's discrepancy principle), so the measurements and σ_y decide how far the data step moves,
+at any step budget: it is the exact proximal map of ``C``'s indicator, and the ADMM penalty lives in
+the prior step alone. Reading the prior step as a proximal map is an approximation: the Tweedie
+denoiser is the MMSE estimate at level ``σ̄_t``, which is the proximal map of *some* prior with
+penalty ``ρ_t = 1/σ̄_t²`` (Gribonval 2011) but not of ``−log p`` itself. ADMM with a changing penalty
+keeps the *unscaled* dual ``ρ u`` fixed (Boyd et al. 2011, §3.4.1), hence the rescaling in (6);
+without it the dual accumulates every projection and diverges.
+
+**The returned point.** With the discrepancy x-update every dual-ascent solver here (DDiff, its
+HQS ablation, the two PnP ablations) returns the last x-update ``x`` — the point that satisfies
+``D(y, A x) ≤ τ m``, whose χ²_ν the trace, the run summary and the audit report. With the paper's
+gradient step they return Algorithm 1's output ``x + u`` of the last step (the final diffusion
+state; ``u`` the dual that step used).
 """
 from __future__ import annotations
 
@@ -35,7 +47,8 @@ import math
 import torch
 
 from .base import Solver, check_int, check_positive, check_steps, likelihood_grad, per_sample_norm, randn
-from .data_fit import project_to_discrepancy
+from .data_fit import PROJECTIONS, project_to_discrepancy
+from .observed import observed_mask
 
 __all__ = ["DDiff", "DDiffHQS", "DiffPnPADMM", "DiffPnPHQS", "PAPER_HYPERPARAMETERS", "REFERENCE_NUMEL",
            "X_UPDATES"]
@@ -71,8 +84,12 @@ class _DualAscentBase(Solver):
         x_update: ``"discrepancy"`` (default, self-calibrated: no step size, see the module
             docstring) or ``"gradient"`` (the paper's normalized step with γ₀, a, b, t_γ).
         tau: discrepancy level, the x-update stops at ``D(y, A x) = τ m`` (1: the noise level).
-        max_inner: inner iterations of the discrepancy projection per step (CGLS or descent);
-            the last step, which sets the output's data fit, may take 4× as many.
+        max_inner: inner iterations of the discrepancy projection per step (hybrid LSQR, or
+            descent for nonlinear/photon problems); the last step, which is the output, runs to
+            convergence with up to 10× as many.
+        projection: ``"exact"`` (default: the nearest point of the discrepancy set, hybrid LSQR) or
+            ``"cgls"`` (the stopped CGLS of earlier releases, kept for comparison) — linear
+            operators with Gaussian noise; other problems use the descent approximation either way.
         gamma0: base step size γ₀ of the gradient x-update (an ℓ2 distance for 256×256×3 images,
             see ``rescale_step``).
         a, b: step-down policy, ``γ_t = a·γ₀`` for ``t > t_gamma`` else ``b·γ₀``.
@@ -96,6 +113,7 @@ class _DualAscentBase(Solver):
         x_update: str = "discrepancy",
         tau: float = 1.0,
         max_inner: int = 5,
+        projection: str = "exact",
         gamma0: float | None = None,
         a: float | None = None,
         b: float | None = None,
@@ -113,6 +131,9 @@ class _DualAscentBase(Solver):
         self.x_update = x_update
         self.tau = check_positive("tau", tau)
         self.max_inner = check_int("max_inner", max_inner, 1, 1000)
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
+        self.projection = projection
         step_kw = dict(gamma0=gamma0, a=a, b=b, t_gamma=t_gamma, rescale_step=rescale_step)
         given = [k for k, v in step_kw.items() if v is not None]
         if x_update == "discrepancy" and given:
@@ -136,10 +157,11 @@ class _DualAscentBase(Solver):
     @classmethod
     def auto(cls, steps: int = 100) -> dict:
         """The self-calibrated setting (the constructor's defaults) as constructor keywords: the
-        discrepancy x-update at τ = 1 with ≤ 5 CGLS/descent iterations per step (10 cost 1.20× the
-        NFE floor for −0.01 dB; `benchmarks/results/auto_calibration/`), fresh noising, ``t0 = 1``.
+        discrepancy x-update at τ = 1 with ≤ 5 inner iterations per step (the exact projection inside
+        a 5-dimensional Krylov space; the last step converges), fresh noising, ``t0 = 1``.
         Nothing in it depends on the task, the image size or σ_y: the measurements set the step."""
-        return dict(steps=steps, x_update="discrepancy", tau=1.0, max_inner=5, noising="fresh", t0=1, early_stop=None)
+        return dict(steps=steps, x_update="discrepancy", tau=1.0, max_inner=5, projection="exact", noising="fresh", t0=1,
+                    early_stop=None)
 
     @classmethod
     def paper(cls, task: str, dataset: str = "ffhq") -> dict:
@@ -172,15 +194,17 @@ class _DualAscentBase(Solver):
             return math.sqrt(1 - abar_prev)
         return math.sqrt((1 - abar_prev) / (1 - abar_t)) * math.sqrt(1 - abar_t / abar_prev)
 
-    def data_step(self, operator, noise, y, v, gamma, last: bool = False):
+    def data_step(self, operator, noise, y, v, gamma, last: bool = False, observed=None):
         """(2) the x-update at ``v``; returns ``(x, info)`` with per-sample diagnostics.
 
         ``gradient``: ``x = v − γ ∇ℓ(v)/‖∇ℓ(v)‖`` with the norm taken per sample (``info``: ``nll``
         at ``v``). ``discrepancy``: the projection onto ``{D(y, A x) ≤ τ m}`` (``info``: ``chi2_nu``,
-        ``D(y, A x)/m`` at the new ``x``, and ``inner`` iterations used)."""
+        ``D(y, A x)/m`` at the new ``x``, and ``inner`` iterations used); ``observed``: the mask of
+        observed entries (computed when not given)."""
         if self.x_update == "discrepancy":
-            # the last x-update sets the output's data fit: it may take 4× the iterations (≈ free)
-            x, info = project_to_discrepancy(operator, noise, y, v, self.tau, self.max_inner * (4 if last else 1))
+            # the last x-update is the output: it runs to convergence (up to 10× the iterations, ≈ free)
+            x, info = project_to_discrepancy(operator, noise, y, v, self.tau, self.max_inner * (10 if last else 1),
+                                             observed=observed, method=self.projection)
             return x, {"chi2_nu": info["discrepancy"], "inner": info["iters"]}
         g, nll = likelihood_grad(operator, noise, y, v)
         return v - gamma * g / per_sample_norm(g).clamp_min(1e-30), {"nll": nll}
@@ -206,34 +230,49 @@ class DDiff(_DualAscentBase):
         x_t = randn(x_shape, generator, dt, dev)  # x_T ~ N(0, I)
         u = torch.zeros(x_shape, dtype=dt, device=dev)  # dual variable
         out = torch.empty(x_shape, dtype=dt, device=dev)
+        obs = observed_mask(operator, u, y)  # the entries D and m count, once per solve
         active = torch.arange(x_shape[0], device=dev)  # samples not yet early-stopped
+        A, y_a, obs_a = operator, y, obs
         for i, t in enumerate(ts):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1  # ᾱ_{−1} = 1 after the last step
             ab, ab_prev = sched.abar(t), sched.abar(t_prev)
-            y_a = y[active]
             gamma = self.gamma(t, n) if self.x_update == "gradient" else None
             z = net.x0(x_t, t)  # (1) z-update: Tweedie denoise on the manifold, 1 NFE
-            x, fit = self.data_step(operator, noise, y_a, z - u, gamma, last=t_prev < 0)  # (2) x-update at v = z − u
+            x, fit = self.data_step(A, noise, y_a, z - u, gamma, last=t_prev < 0, observed=obs_a)  # (2)
             eps_tilde = (x_t - math.sqrt(ab) * x) / math.sqrt(1 - ab)  # (3) implied noise
             primal = per_sample_norm(x - z).flatten()
             stop = primal / per_sample_norm(z).flatten().clamp_min(1e-30) < (self.early_stop or 0.0)  # (4)
             s = self.noise_scale(ab, ab_prev)  # (5) noising step; ξ = 0 below the threshold t0
             xi = randn(x.shape, _subset(generator, active), dt, dev) if t > self.t0 and s > 0 else 0.0
             x_t = math.sqrt(ab_prev) * (x + u) + math.sqrt(max(1 - ab_prev - s**2, 0.0)) * eps_tilde + s * xi
-            x_plus_u = x + u
+            result = self.returned_point(x, u)
             u = self.dual_update(u, x, z, sched, t, t_prev)  # (6) dual ascent
             emit({
                 "i": i, "t": t, "gamma": gamma, "x": x, "z": z, "u": u, "x_t": x_t,
                 "primal_residual": primal, "dual_norm": per_sample_norm(u).flatten(), "active": active, **fit,
             })
             if stop.any():  # (4) early stop per sample, so a batch answers like each tile alone
-                out[active[stop]] = x_plus_u[stop]
-                keep = ~stop
-                active, x_t, u = active[keep], x_t[keep], u[keep]
-                if active.numel() == 0:
+                out[active[stop]] = result[stop]
+                keep = torch.nonzero(~stop).flatten()
+                if keep.numel() == 0:
                     return out
-        out[active] = x_t  # the final diffusion state, x + u of the last step
+                active, x_t, u, y_a, obs_a, result = (active[keep], x_t[keep], u[keep], y_a[keep], obs_a[keep],
+                                                      result[keep])
+                A = select_samples(A, keep)  # an operator that differs per sample keeps each its own
+        out[active] = result
         return out
+
+    def returned_point(self, x, u):
+        """The solver's output at a step (module docstring): ``x`` with the discrepancy x-update,
+        Algorithm 1's ``x + u`` with the paper's gradient step."""
+        return x if self.x_update == "discrepancy" else x + u
+
+
+def select_samples(operator, keep: torch.Tensor):
+    """The operator for the samples ``keep`` of a batch: ``operator.select(keep)`` for operators
+    whose samples differ (``operators.Validity`` with per-sample masks, the flows' per-tile
+    operators); an operator without ``select`` is the same for every sample."""
+    return operator.select(keep) if hasattr(operator, "select") else operator
 
 
 def _subset(generator, active):
@@ -260,7 +299,7 @@ def _without(kw: dict, keys) -> dict:
 class DiffPnPADMM(DDiff):
     """PnP-ADMM with a one-step Tweedie denoiser at a decreasing level (no noising step):
     ``z = x̂_0(√ᾱ_t (x + u))`` at step ``t``, then the x- and dual updates of DDiff. Starts from
-    ``x = u = 0``; returns ``x + u`` of the last step. Deterministic: there is no noising step, so
+    ``x = u = 0``; returns the point of the module docstring's convention. Deterministic: there is no noising step, so
     ``t0``, ``noising`` and ``early_stop`` do not exist here (passing them is an error)."""
 
     def __init__(self, prior, **kwargs):
@@ -296,15 +335,17 @@ def _pnp_loop(solver, net, y, operator, noise, x_shape, emit):
     n = math.prod(x_shape[1:])
     x = torch.zeros(x_shape, dtype=dt, device=dev)
     u = torch.zeros_like(x)
+    obs = observed_mask(operator, x, y)
     ts = sched.respace(solver.steps)
     for i, t in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         gamma = solver.gamma(t, n) if solver.x_update == "gradient" else None
         z = net.x0(math.sqrt(sched.abar(t)) * (x + u), t)  # prior: denoise at level t, no fresh noise
-        x, fit = solver.data_step(operator, noise, y, z - u, gamma, last=t_prev < 0)  # data step
+        x, fit = solver.data_step(operator, noise, y, z - u, gamma, last=t_prev < 0, observed=obs)  # data step
+        result = solver.returned_point(x, u)
         u = solver.dual_update(u, x, z, sched, t, t_prev)  # dual ascent (0 after the last step when rescaled)
         emit({
             "i": i, "t": t, "gamma": gamma, "x": x, "z": z, "u": u,
             "primal_residual": per_sample_norm(x - z).flatten(), "dual_norm": per_sample_norm(u).flatten(), **fit,
         })
-    return x + u
+    return result

@@ -111,7 +111,7 @@ class VolumeDDiff(DDiff):
         """DDiff's self-calibrated setting with the data-chosen quadratic coupling."""
         return dict(super().auto(steps), coupling="quadratic", coupling_weight="auto", penalty_ratio=1.0)
 
-    def data_step(self, operator, noise, y, v, gamma, last: bool = False):
+    def data_step(self, operator, noise, y, v, gamma, last: bool = False, observed=None):
         """(2) DDiff's x-update on the volume. A slice-wise operator (``SliceWise``: CT of every slice,
         a 2-D operator per plane) measures each slice on its own, so each slice's measurements are a
         data set of their own and are fitted to their own noise level: the projection onto
@@ -122,7 +122,7 @@ class VolumeDDiff(DDiff):
         A 3-D operator mixes planes: the whole volume's fit is then one constraint. ``info`` values
         are per volume (the mean over its slices)."""
         if self.x_update != "discrepancy" or not isinstance(operator, SliceWise):
-            return super().data_step(operator, noise, y, v, gamma, last)
+            return super().data_step(operator, noise, y, v, gamma, last, observed)
         B = y.shape[0]
         x, info = super().data_step(operator.op, noise, to_slices(y), to_slices(v), gamma, last)
         per_volume = {k: (val.reshape(B, -1).double().mean(1).to(val.dtype) if isinstance(val, torch.Tensor)
@@ -175,13 +175,14 @@ def _volume_loop(solver, net, y, operator, noise, x_shape, generator, emit):
             xi = randn(x.shape, generator, dt, dev) if t > solver.t0 and s > 0 else 0.0
             x_t = math.sqrt(ab_prev) * (x + u) + math.sqrt(max(1 - ab_prev - s**2, 0.0)) * eps_tilde + s * xi
         info = {"i": i, "t": t, "gamma": gamma, "x": x, "z": z, "primal_residual": per_sample_norm(x - z).flatten()}
+        result = solver.returned_point(x, u)  # DDiff's convention (ddiff.solvers.ddiff)
         u = solver.dual_update(u, x, z, sched, t, t_prev)  # (6) duals, rescaled with the penalties
         if coupled:
             info.update(w=w, coupling_residual=per_sample_norm(x - w).flatten(), coupling_weight=lam)
             v = solver.dual_update(v, x, w, sched, t, t_prev)
         through = through_plane_difference(x).flatten(1).square().mean(1).sqrt() if x_shape[2] > 1 else None
         emit({**info, "u": u, "x_t": x_t, "dual_norm": per_sample_norm(u).flatten(), "through_plane_rms": through, **fit})
-    return x_t if solver._on_manifold else x + u
+    return result
 
 
 class SliceBySlice:
