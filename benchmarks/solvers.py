@@ -62,6 +62,7 @@ def main(argv=None) -> None:
     solvers = [
         ("DDiff", DDiff(prior, steps=n, **{k: v for k, v in DDiff.paper("gaussian_blur").items() if k != "steps"})),
         ("DDiff (auto)", DDiff(prior, steps=n)),
+        ("DDiff (auto, stopped CGLS)", DDiff(prior, steps=n, projection="cgls")),  # the data step before issue 26
         ("DDiffHQS", DDiffHQS(prior, steps=n, x_update="gradient")),
         ("DiffPnPADMM", DiffPnPADMM(prior, steps=n)),
         ("DiffPnPHQS", DiffPnPHQS(prior, steps=n)),
