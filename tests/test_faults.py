@@ -77,8 +77,8 @@ BAD_INPUTS = [
     ("sigma-0", "reconstruct {d}/in.zarr {d}/out.zarr --prior {d}/tiny.safetensors --sigma 0 " + COMMON,
      "--sigma must be > 0 for Gaussian noise"),
     ("unknown-hp", "reconstruct {d}/in.zarr {d}/out.zarr --prior {d}/tiny.safetensors --hp bogus=1 " + COMMON,
-     "solver 'ddiff' has no setting 'bogus' (--hp bogus=...); its settings: steps, x_update, tau, max_inner, gamma0, "
-     "a, b, t_gamma, t0, noising, early_stop, rescale_step"),
+     "solver 'ddiff' has no setting 'bogus' (--hp bogus=...); its settings: steps, x_update, tau, max_inner, "
+     "projection, gamma0, a, b, t_gamma, t0, noising, early_stop, rescale_step"),
     ("garbage-safetensors", "reconstruct {d}/in.zarr {d}/out.zarr --prior {d}/garbage.safetensors " + COMMON,
      "--prior {d}/garbage.safetensors: not a valid safetensors file (Error while deserializing header: header too "
      "large); the file is damaged, truncated or another format — re-download or re-export it"),
