@@ -182,7 +182,10 @@ def main() -> None:
     ap.add_argument("--prior", default="default")
     ap.add_argument("--cache", default="/tmp/ddiff_bounds_cache")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bounds"))
+    ap.add_argument("--report", default=None, help="print the tables of a finished run's JSON and stop")
     a = ap.parse_args()
+    if a.report:
+        return report(json.loads(Path(a.report).read_text()))
     torch.manual_seed(0)
     prior = load_prior(a.prior)
     _, held, _ = sample_images()
@@ -231,6 +234,43 @@ def main() -> None:
     cost(prior, a, x_all, summary)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / f"bounds_{tag}.json").write_text(json.dumps(summary, indent=1, default=float))
+    report(summary)
+
+
+def report(summary: dict) -> None:
+    """The summary tables of docs/audit.md §6.3 from a run's JSON (``--report FILE`` prints them again)."""
+    tasks, K = summary["tasks"], summary["settings"]["seeds"]
+    alphas = summary["settings"]["alphas"]
+    print("\n| task | α | splits with test miscoverage ≤ α | mean test miscoverage | mean width | constant band "
+          "| narrower | corr(width, \\|error\\|) |\n|---|---|---|---|---|---|---|---|")
+    for t, r in tasks.items():
+        for al in alphas:
+            e = r["K"][f"{K}_{al}_balanced"]
+            print(f"| {t} | {al:g} | {np.mean(np.array(e['risk']) <= al):.2f} | {np.mean(e['risk']):.4f} | "
+                  f"{np.mean(e['width']):.3f} | {np.mean(e['width_const']):.3f} | "
+                  f"{1 - np.mean(e['width']) / np.mean(e['width_const']):.0%} | {e['corr']:.2f} |")
+    print(f"\n| task | α | narrower than the constant band: K = 1 / 2 / {K} (balanced) | K = {K} narrow | corr K = 1 / 2 / "
+          f"{K} / narrow |\n|---|---|---|---|---|")
+    for t, r in tasks.items():
+        for al in alphas:
+            es = [r["K"][f"{k}_{al}_balanced"] for k in (1, 2, K)] + [r["K"][f"{K}_{al}_narrow"]]
+            nar = [f"{1 - np.mean(e['width']) / np.mean(e['width_const']):.0%}" for e in es]
+            corr = " / ".join(f"{e['corr']:.2f}" for e in es)
+            print(f"| {t} | {al:g} | {' / '.join(nar[:3])} | {nar[3]} | {corr} |")
+    print("\n| task: inserted structure | truth covered: region / rest | region's width / rest (model units) | "
+          "regions unresolved at --max-width = contrast (rest) | at the default 0.2 (rest) |\n|---|---|---|---|---|")
+    names = {"sr4": "×4 SR: period-2 lines", "inpaint": "box hole: bright disk", "mri4": "MRI R = 8: lesion",
+             "ct30": "CT 30 views: 1-px line"}
+    for t, r in tasks.items():
+        h = r.get("hallucination")
+        if h:
+            print(f"| {names.get(t, t)} (contrast {h['max_width']:g}) | {h['covered_in_region']:.2f} / {h['covered_elsewhere']:.2f} | "
+                  f"{h['width_in_region']:.3f} / {h['width_elsewhere']:.3f} | {h['regions_unresolved']:.2f} "
+                  f"({h['pixels_unresolved_elsewhere']:.2f}) | {h['regions_unresolved_default']:.2f} "
+                  f"({h['pixels_unresolved_elsewhere_default']:.2f}) |")
+    if "cost" in summary:
+        c = summary["cost"]
+        print(f"\ncost: one run {c['one_run_s']:.1f} s, K = {K} + features {c['bounds_K_s']:.1f} s: {c['ratio']:.2f}×")
 
 
 def frames_needed(truth, mean, feats, fit, alphas, delta, draws=20) -> dict:
