@@ -105,6 +105,9 @@ def test_reconstruct_writes_bounds_with_the_pyramid_and_resumes_to_the_same_byte
         assert row["mean_width"] == pytest.approx(float(width.mean()), rel=1e-5)
         assert row["unresolved_fraction"] == pytest.approx(float((width > 0.05).mean()))
     assert "marginal over pixels and frames" in res["uncertainty"] and "exchangeable" in res["uncertainty"]
+    from pathlib import Path
+
+    assert (Path(res["report"]).parent / "bounds_width_0.png").is_file()  # the width picture of the artifact
 
 
 @pytest.mark.parametrize("change, match", [
