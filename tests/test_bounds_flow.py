@@ -229,3 +229,18 @@ def test_one_seed_calibration_gives_bounds_at_the_cost_of_one_run(flows_env, tmp
     assert np.all(lo <= out.recon()[0] + 1e-6) and np.all(out.recon()[0] <= hi + 1e-6)
     res = flows.audit_reconstruction(flows.AuditParams(output_store=q.output_store, window=8, artifacts=False))
     assert res["prior_filled_fraction"] is None and "one seed" in res["uncertainty"] and res["bounds"]["frames"]
+
+
+def test_the_shipped_demo_record_matches_the_demo_settings():
+    """`ddiff demo --bounds` uses it: a change of DDiff's defaults, the demo's blur or noise, or the default
+    prior must come with a recalibrated record (benchmarks/calibrate_demo.py) — this test says when."""
+    from flows.calibration import load_record
+    from flows.demo import DEMO_OPERATOR
+    from flows.tiles import prior_identity
+
+    rec = load_record("demo")
+    assert rec["settings"]["operator"] == DEMO_OPERATOR and rec["settings"]["noise_sigma_model"] == pytest.approx(0.05)
+    assert rec["settings"]["hyperparameters"] == flows.SolverSpec().resolve(DEMO_OPERATOR["name"])
+    assert rec["settings"]["solver"] == "ddiff" and rec["settings"]["dtype"] == "fp32"
+    assert rec["prior_sha256"] == prior_identity("default")[1]
+    assert rec["alpha"] == 0.1 and rec["delta"] == 0.1 and rec["ucb"] < 0.1 and rec["measurements"] == "simulated"
