@@ -16,6 +16,10 @@ wall-time ratio of the two solves.
     OMP_NUM_THREADS=2 python benchmarks/data_step.py                 # both parts
     OMP_NUM_THREADS=2 python benchmarks/data_step.py --part 1
     OMP_NUM_THREADS=2 python benchmarks/data_step.py --part 2 --nfe 20 100 --n 12
+    OMP_NUM_THREADS=2 python benchmarks/data_step.py --part 3 --tasks gaussian_blur motion_blur ct_parallel_beam
+
+Part 3 — the cost: DDiff with each data step timed interleaved (so both see the same load) against
+the floor of NFE plain network forwards.
 """
 from __future__ import annotations
 
@@ -191,9 +195,43 @@ def part2(nfes, n: int, tasks) -> None:
     print()
 
 
+def cost(tasks, n: int = 4, steps: int = 20, repeats: int = 3) -> None:
+    """Wall time of DDiff with each data step, interleaved (cgls, exact, cgls, exact, …) so both see
+    the same machine load, against the floor of ``steps`` plain network forwards."""
+    import statistics
+
+    from ddiff.priors import load_prior
+
+    prior = load_prior("default")
+    x = heldout_crops(n)
+    print(f"## Part 3 — cost per solve, {n} crops of 64² in one batch, {steps} steps, interleaved × {repeats}\n")
+    print("| task | floor s (NFE × forward) | stopped CGLS s (÷ floor) | exact s (÷ floor) | exact / CGLS (median of pairs) |")
+    print("|---|---|---|---|---|")
+    for task in tasks:
+        A = O.get_operator(task, **TASKS[task])
+        noise = O.GaussianNoise(SIGMA)
+        with torch.no_grad():
+            y = noise.sample(A(x), torch.Generator().manual_seed(11))
+        times = {"cgls": [], "exact": [], "floor": []}
+        for _ in range(repeats):
+            for method in ("cgls", "exact"):
+                t0 = time.perf_counter()
+                DDiff(prior, steps=steps, projection=method).solve(y, A, noise, generator=torch.Generator().manual_seed(1))
+                times[method].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for t in prior.schedule.respace(steps):
+                    prior.eps(x, t)
+            times["floor"].append(time.perf_counter() - t0)
+        f, c, e = (statistics.median(times[k]) for k in ("floor", "cgls", "exact"))
+        ratio = statistics.median(b / a for a, b in zip(times["cgls"], times["exact"]))
+        print(f"| {task} | {f:.1f} | {c:.1f} ({c / f:.2f}) | {e:.1f} ({e / f:.2f}) | {ratio:.2f} |", flush=True)
+    print()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", type=int, choices=(1, 2), action="append", help="which part (default: both)")
+    ap.add_argument("--part", type=int, choices=(1, 2, 3), action="append", help="which part (default: 1 and 2; 3 = cost)")
     ap.add_argument("--nfe", type=int, nargs="+", default=[20, 100], help="DDiff steps (part 2; default 20 100)")
     ap.add_argument("--n", type=int, default=12, help="held-out crops per task (part 2; default 12)")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="tasks (part 2; default all)")
@@ -206,6 +244,8 @@ def main(argv=None) -> int:
         photon_counts()
     if 2 in parts:
         part2(a.nfe, a.n, a.tasks)
+    if 3 in parts:
+        cost(a.tasks)
     return 0
 
 
