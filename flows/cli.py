@@ -381,7 +381,8 @@ def _one_line(exc: BaseException) -> str:
         return cli_spelling("invalid parameters: " + "; ".join(parts))
     text = " ".join(line.strip() for line in str(exc).strip().splitlines()) or type(exc).__name__
     text = cli_spelling(text)
-    return text if len(text) <= 500 else text[:497] + "..."
+    # a cap for runaway messages only: a refused resume names three paths and must keep its fix at the end
+    return text if len(text) <= 1500 else text[:1497] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
