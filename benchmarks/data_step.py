@@ -162,6 +162,15 @@ def ci95(d: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
 
 
+def measured(task: str, x: torch.Tensor):
+    """``(A, noise, y)`` for ``task`` on the crops ``x``: the operator of ``TASKS``, Gaussian noise σ_y,
+    one seeded draw of the measurement (the same for both data steps and both parts)."""
+    A = O.get_operator(task, **TASKS[task])
+    noise = O.GaussianNoise(SIGMA)
+    with torch.no_grad():
+        return A, noise, noise.sample(A(x), torch.Generator().manual_seed(11))
+
+
 def part2(nfes, n: int, tasks) -> None:
     from ddiff.priors import load_prior
 
@@ -171,10 +180,7 @@ def part2(nfes, n: int, tasks) -> None:
     print("| task | NFE | PSNR cgls | PSNR exact | exact − cgls (95 % CI) | χ²_ν cgls (min–max) | χ²_ν exact (min–max) | time exact / cgls |")
     print("|---|---|---|---|---|---|---|---|")
     for task in tasks:
-        A = O.get_operator(task, **TASKS[task])
-        noise = O.GaussianNoise(SIGMA)
-        with torch.no_grad():
-            y = noise.sample(A(x), torch.Generator().manual_seed(11))
+        A, noise, y = measured(task, x)
         obs = observed_mask(A, x, y)
         yo, m = observed_measurement(A, x, y, obs), measurement_count(y, observed=obs)
         for nfe in nfes:
@@ -208,10 +214,7 @@ def cost(tasks, n: int = 4, steps: int = 20, repeats: int = 3) -> None:
     print("| task | floor s (NFE × forward) | stopped CGLS s (÷ floor) | exact s (÷ floor) | exact / CGLS (median of pairs) |")
     print("|---|---|---|---|---|")
     for task in tasks:
-        A = O.get_operator(task, **TASKS[task])
-        noise = O.GaussianNoise(SIGMA)
-        with torch.no_grad():
-            y = noise.sample(A(x), torch.Generator().manual_seed(11))
+        A, noise, y = measured(task, x)
         times = {"cgls": [], "exact": [], "floor": []}
         for _ in range(repeats):
             for method in ("cgls", "exact"):
